@@ -1,0 +1,31 @@
+"""OpenAI's error envelope for every failure the API can answer with."""
+
+from __future__ import annotations
+
+from django.http import JsonResponse
+
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    503: "service_unavailable_error",
+}
+
+
+def error_payload(message: str, *, status: int = 400, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": ERROR_TYPES.get(status, "server_error"), "param": param,
+                      "code": code}}
+
+
+def error_response(
+    message: str, *, status: int = 400, param: str | None = None, code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JsonResponse:
+    response = JsonResponse(error_payload(message, status=status, param=param, code=code), status=status)
+    for name, value in (headers or {}).items():
+        response[name] = value
+    return response

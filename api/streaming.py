@@ -1,0 +1,136 @@
+"""From a job's relay events to OpenAI responses: one JSON answer, or SSE chunks.
+
+Both wait for the job's first event before answering, so a prompt over the context or a backend that cannot
+load still gets a proper status code (400, 503, ...) instead of a 200 that carries an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.http import StreamingHttpResponse
+
+from api.errors import error_payload, error_response
+from inference.models import GenerationJob
+from inference.relay import get_relay
+
+FIRST_EVENT_TIMEOUT_SECONDS = 900
+
+
+@dataclass
+class JobOutcome:
+    """What the events of a finished job add up to."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    backend: str = ""
+    error: dict[str, Any] | None = None
+    timings: dict[str, Any] = field(default_factory=dict)
+
+    def apply(self, event: dict[str, Any]) -> None:
+        kind = event["kind"]
+        if kind == "started":
+            self.prompt_tokens = event.get("prompt_tokens", 0)
+            self.backend = event.get("backend", "")
+        elif kind == "token":
+            self.text += event.get("text", "")
+            self.completion_tokens += 1
+        elif kind == "done":
+            self.finish_reason = event.get("finish_reason") or "stop"
+            self.prompt_tokens = event.get("prompt_tokens", self.prompt_tokens)
+            self.completion_tokens = event.get("completion_tokens", self.completion_tokens)
+            self.timings = {k: event.get(k) for k in ("time_to_first_token", "tokens_per_second")}
+        elif kind == "error":
+            self.error = event
+
+    @property
+    def usage(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+
+def error_event_response(event: dict[str, Any]):
+    return error_response(event.get("message", "Generation failed."), status=event.get("status", 500),
+                          code=event.get("code"))
+
+
+async def cancel_job(job_id: str) -> None:
+    from inference.services import generation_cancel
+
+    job = await GenerationJob.objects.aget(id=job_id)
+    await sync_to_async(generation_cancel)(job)
+
+
+class JobEvents:
+    """A job's events with the first one awaited up front."""
+
+    def __init__(self, job_id: str, after: int = 0):
+        self.job_id = str(job_id)
+        self._events = get_relay().subscribe(self.job_id, after)
+        self.first: dict[str, Any] | None = None
+        self.first_index = after
+
+    async def wait_first(self) -> dict[str, Any]:
+        self.first_index, self.first = await asyncio.wait_for(anext(self._events), FIRST_EVENT_TIMEOUT_SECONDS)
+        return self.first
+
+    async def __aiter__(self) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+        if self.first is not None:
+            yield self.first_index, self.first
+        async for index, event in self._events:
+            yield index, event
+
+
+async def collect(events: JobEvents) -> JobOutcome:
+    outcome = JobOutcome()
+    async for _index, event in events:
+        outcome.apply(event)
+    return outcome
+
+
+def sse_response(
+    events: JobEvents, render: Callable[[int, dict[str, Any], JobOutcome], list[dict[str, Any]]],
+    *, headers: dict[str, str] | None = None,
+) -> StreamingHttpResponse:
+    """Stream `render(index, event, outcome)`'s chunks as SSE; a client that goes away cancels the job."""
+
+    async def body() -> AsyncIterator[str]:
+        outcome = JobOutcome()
+        finished = False
+        try:
+            async for index, event in events:
+                outcome.apply(event)
+                if event["kind"] == "error":
+                    payload = error_payload(event.get("message", "Generation failed."),
+                                            status=event.get("status", 500), code=event.get("code"))
+                    yield f"id: {index}\ndata: {json.dumps(payload)}\n\n"
+                    break
+                for chunk in render(index, event, outcome):
+                    yield f"id: {index}\ndata: {json.dumps(chunk, separators=(',', ':'))}\n\n"
+            finished = True
+            yield "data: [DONE]\n\n"
+        finally:
+            if not finished:
+                await asyncio.shield(cancel_job(events.job_id))
+
+    response = StreamingHttpResponse(body(), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    for name, value in (headers or {}).items():
+        response[name] = value
+    return response
+
+
+def now() -> int:
+    return int(time.time())

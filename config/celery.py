@@ -1,0 +1,11 @@
+"""The Celery app. Tasks live in inference.tasks; settings come from Django's CELERY_* names."""
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+app = Celery("hearth")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks(["inference"])

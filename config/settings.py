@@ -1,0 +1,155 @@
+"""Hearth settings, driven by the environment.
+
+Two modes, one code path: with HEARTH_REDIS_URL set (production), Celery runs over Redis with separate worker
+processes, Channels uses channels_redis, the relay uses Redis Streams and the database comes from DATABASE_URL.
+Without it (embedded, the `make run` default), SQLite, an in-process Celery worker thread on kombu's in-memory
+transport, and in-memory channel layer and relay.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from config.env import env_bool, env_bytes, env_int, env_list, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(env_str("HEARTH_DATA_DIR", str(BASE_DIR / "var"))).resolve()
+MODELS_DIR = Path(env_str("HEARTH_MODELS_DIR", str(DATA_DIR / "models"))).resolve()
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+DEFAULT_SECRET_KEY = "hearth-insecure-development-key-change-me"
+SECRET_KEY = env_str("HEARTH_SECRET_KEY", DEFAULT_SECRET_KEY)
+REDIS_URL = env_str("HEARTH_REDIS_URL")
+PRODUCTION = bool(REDIS_URL)
+DEBUG = env_bool("HEARTH_DEBUG", not PRODUCTION)
+
+if PRODUCTION:
+    if SECRET_KEY == DEFAULT_SECRET_KEY or len(SECRET_KEY) < 32:
+        raise ImproperlyConfigured(
+            "Production mode (HEARTH_REDIS_URL is set) needs HEARTH_SECRET_KEY: a random string of at least 32 "
+            "characters, e.g. python -c 'import secrets; print(secrets.token_urlsafe(48))'."
+        )
+    if DEBUG:
+        raise ImproperlyConfigured("Production mode (HEARTH_REDIS_URL is set) refuses to run with HEARTH_DEBUG on.")
+
+ALLOWED_HOSTS = env_list("HEARTH_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("HEARTH_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "inference",
+    "api",
+    "webui",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+ASGI_APPLICATION = "config.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+if env_str("DATABASE_URL"):
+    DATABASES = {"default": dj_database_url.parse(env_str("DATABASE_URL"), conn_max_age=60)}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": env_str("HEARTH_SQLITE_PATH", str(DATA_DIR / "hearth.sqlite3")),
+            "OPTIONS": {
+                # WAL lets the web server read while the worker writes; the busy timeout waits out a writer.
+                "timeout": 20,
+                "transaction_mode": "IMMEDIATE",
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=20000;",
+            },
+        }
+    }
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 8}},
+]
+LOGIN_URL = "/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/login/"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = DATA_DIR / "staticfiles"
+
+if PRODUCTION:
+    CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# Celery: Redis in production, kombu's in-memory transport with a worker thread in the web process otherwise.
+CELERY_BROKER_URL = REDIS_URL or "memory://"
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_DEFAULT_QUEUE = "generation"
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+if not PRODUCTION:
+    # kombu's in-memory transport polls; its default second of polling would be a second of latency per job.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"polling_interval": 0.01}
+
+# Generation
+HEARTH_MAX_CTX = env_int("HEARTH_MAX_CTX", 8192, minimum=64)
+HEARTH_MAX_QUEUED = env_int("HEARTH_MAX_QUEUED", 32, minimum=0)
+HEARTH_N_GPU_LAYERS = env_int("HEARTH_N_GPU_LAYERS", -1, minimum=-1)
+HEARTH_N_THREADS = env_int("HEARTH_N_THREADS", 0, minimum=0) or None
+HEARTH_MODEL_MEMORY_BUDGET = env_bytes("HEARTH_MODEL_MEMORY_BUDGET", 8 * 1024**3)
+HEARTH_RELAY_TTL_SECONDS = env_int("HEARTH_RELAY_TTL_SECONDS", 600, minimum=10)
+HEARTH_WORKER_HEARTBEAT_SECONDS = env_int("HEARTH_WORKER_HEARTBEAT_SECONDS", 5, minimum=1)
+HEARTH_EMBEDDED_WORKER = env_bool("HEARTH_EMBEDDED_WORKER", not PRODUCTION)
+HEARTH_DEFAULT_BACKEND = env_str("HEARTH_DEFAULT_BACKEND")
+HEARTH_ADMIN_SECRET_FILE = Path(env_str("HEARTH_ADMIN_SECRET_FILE", str(DATA_DIR / "admin-credentials.txt")))
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("HEARTH_LOG_LEVEL", "INFO")},
+    "loggers": {"django.channels.server": {"level": "WARNING"}, "daphne": {"level": "WARNING"}},
+}

@@ -1,0 +1,126 @@
+"""The contracts between the server and the backends: requests in, typed events out.
+
+Nothing here imports Django; the worker, the benchmarks and the tests use the engine alone.
+A backend turns a `ModelSpec` into a `LoadedModel`; a loaded model turns a `GenerationRequest`
+into a stream of `GenerationEvent`s, checking `should_stop` between tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from inference.engine.sampling import SamplingParams
+
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+class EngineError(Exception):
+    """An error a user can act on. `code` is the OpenAI-style error code, `status` the HTTP status."""
+
+    code = "engine_error"
+    status = 500
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+
+
+class ContextLengthExceeded(EngineError):
+    code = "context_length_exceeded"
+    status = 400
+
+
+class InvalidRequest(EngineError):
+    code = "invalid_request_error"
+    status = 400
+
+
+class BackendUnavailable(EngineError):
+    """The backend cannot run here (not installed, no device) or cannot load this model."""
+
+    code = "backend_unavailable"
+    status = 503
+
+
+class ModelRefused(EngineError):
+    """A file that failed validation: never handed to a backend."""
+
+    code = "model_refused"
+    status = 400
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything a backend needs to load one model. `path` is a file (GGUF) or a directory."""
+
+    path: str
+    format: str  # "gguf" | "hf-safetensors" | "mlx"
+    architecture: str = ""
+    n_ctx: int = 8192  # already min(model's, HEARTH_MAX_CTX)
+    n_gpu_layers: int = -1  # -1: offload every layer the device can take
+    n_threads: int | None = None
+    chat_template: str | None = None  # overrides the template found in the model files
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A chat (`messages`) or a raw completion (`prompt`); exactly one of them is set."""
+
+    messages: list[dict[str, Any]] | None = None
+    prompt: str | None = None
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    max_tokens: int | None = None  # None: until the context is full
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GenerationEvent:
+    """One step of a generation, as the relay carries it.
+
+    kind "started": the prompt is accepted (prompt_tokens set); "token": `text` is new, complete
+    characters; "done": `finish_reason` and the counts and timings are set.
+    """
+
+    kind: Literal["started", "token", "done"]
+    text: str = ""
+    token_id: int | None = None
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    time_to_first_token: float | None = None  # seconds, from the start of prompt processing
+    tokens_per_second: float | None = None  # decode only
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v not in (None, "", 0) or k == "kind"}
+
+
+class LoadedModel(Protocol):
+    n_ctx: int
+    memory_bytes: int
+
+    def render_prompt(self, request: GenerationRequest) -> str:
+        """The exact text the model sees: the chat template applied, or the raw prompt."""
+
+    def generate(
+        self, request: GenerationRequest, should_stop: Callable[[], bool] = lambda: False
+    ) -> Iterator[GenerationEvent]:
+        """Yield "started", then "token"s, then one "done". Raise ContextLengthExceeded before
+        "started" when the prompt does not fit."""
+
+    def close(self) -> None: ...
+
+
+class Backend(Protocol):
+    name: str
+
+    def unavailable_reason(self) -> str | None:
+        """None when the backend can run on this machine, else what is missing and how to fix it."""
+
+    def load(self, spec: ModelSpec) -> LoadedModel: ...

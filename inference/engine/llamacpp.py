@@ -1,0 +1,202 @@
+"""The llama.cpp backend (llama-cpp-python). llama.cpp keeps its own sampler chain, set from SamplingParams."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+
+from inference.engine.base import (
+    BackendUnavailable,
+    ContextLengthExceeded,
+    GenerationEvent,
+    GenerationRequest,
+    ModelSpec,
+)
+from inference.engine.chat_template import conventional_template, render_chat
+from inference.engine.sampling import SamplingParams
+from inference.engine.text import StopStrings, Utf8Stream
+
+INSTALL_HINT = "pip install llama-cpp-python (for NVIDIA GPUs: CMAKE_ARGS=-DGGML_CUDA=on pip install llama-cpp-python)"
+F32_KV_CACHE = 0  # GGML_TYPE_F32
+
+
+def default_threads() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+class LlamaCppBackend:
+    name = "llamacpp"
+
+    def unavailable_reason(self) -> str | None:
+        try:
+            import llama_cpp  # noqa: F401
+        except ImportError as error:
+            return f"llama-cpp-python is not installed ({error}): {INSTALL_HINT}"
+        return None
+
+    def load(self, spec: ModelSpec) -> LlamaCppModel:
+        reason = self.unavailable_reason()
+        if reason:
+            raise BackendUnavailable(reason)
+        if spec.format != "gguf":
+            raise BackendUnavailable(
+                f"llama.cpp runs GGUF files; this model is {spec.format}. Convert it to GGUF first "
+                "(python manage.py convert_model ID --to gguf) or choose the torch backend."
+            )
+        return LlamaCppModel(spec)
+
+
+class LlamaCppModel:
+    def __init__(self, spec: ModelSpec):
+        import llama_cpp
+
+        self.spec = spec
+        kv_type = {"type_k": F32_KV_CACHE, "type_v": F32_KV_CACHE} if spec.options.get("f32_kv_cache") else {}
+        try:
+            self.llm = llama_cpp.Llama(
+                model_path=str(spec.path),
+                n_ctx=spec.n_ctx,
+                n_batch=min(512, spec.n_ctx),
+                n_gpu_layers=spec.n_gpu_layers,
+                n_threads=spec.n_threads or default_threads(),
+                logits_all=False,
+                verbose=False,
+                **kv_type,
+            )
+        except (ValueError, RuntimeError) as error:
+            raise BackendUnavailable(
+                f"llama.cpp could not load {os.path.basename(spec.path)} ({error}). The architecture may be newer "
+                "than this llama.cpp build (upgrade llama-cpp-python), the file may be damaged, or it may not fit "
+                "in memory (try a smaller quantization)."
+            ) from error
+        self.n_ctx = self.llm.n_ctx()
+        self.n_gpu_layers = spec.n_gpu_layers
+        self.memory_bytes = self._memory_estimate()
+        model = self.llm._model
+        self.bos_text = model.token_get_text(model.token_bos()) if model.token_bos() >= 0 else ""
+        self.eos_text = model.token_get_text(model.token_eos()) if model.token_eos() >= 0 else ""
+        template = spec.chat_template
+        if not template:
+            template, _note = conventional_template(spec.architecture)
+        self.chat_template = template
+
+    def _memory_estimate(self) -> int:
+        import llama_cpp
+
+        model = self.llm._model.model
+        weights = int(llama_cpp.llama_model_size(model))
+        layers, width = llama_cpp.llama_model_n_layer(model), llama_cpp.llama_model_n_embd(model)
+        kv_cache = 2 * layers * width * self.n_ctx * 2  # K and V, f16
+        return weights + kv_cache
+
+    def render_prompt(self, request: GenerationRequest) -> str:
+        if request.prompt is not None:
+            return request.prompt
+        return render_chat(self.chat_template, request.messages or [], bos_token=self.bos_text,
+                           eos_token=self.eos_text, add_generation_prompt=True)
+
+    def tokenize_prompt(self, request: GenerationRequest) -> list[int]:
+        text = self.render_prompt(request)
+        # A template that writes BOS itself gets no second one; special tokens in the text are parsed.
+        starts_with_bos = bool(self.bos_text) and text.startswith(self.bos_text)
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=not starts_with_bos, special=True)
+
+    def generate(
+        self, request: GenerationRequest, should_stop: Callable[[], bool] = lambda: False
+    ) -> Iterator[GenerationEvent]:
+        import llama_cpp
+
+        started = time.perf_counter()
+        tokens = self.tokenize_prompt(request)
+        if len(tokens) >= self.n_ctx:
+            raise ContextLengthExceeded(
+                f"This model's context is {self.n_ctx} tokens, but the prompt has {len(tokens)} tokens. "
+                "Shorten the messages (or start a new conversation)."
+            )
+        yield GenerationEvent("started", prompt_tokens=len(tokens))
+        budget = self.n_ctx - len(tokens)
+        if request.max_tokens is not None:
+            budget = min(budget, request.max_tokens)
+        vocab = self.llm._model.vocab
+        params = request.sampling
+        self.llm.set_seed(params.seed if params.seed is not None else random.randrange(2**31))
+        utf8, stops = Utf8Stream(), StopStrings(request.stop)
+        count, first_at, finish = 0, None, "length"
+        # reset=True with n_tokens 0 evaluates the whole prompt: no prefix reuse, so whatever ran before, an
+        # identical request gives identical output.
+        self.llm.reset()
+        stream = self.llm.generate(tokens, reset=True, **llama_sampler_arguments(params))
+        try:
+            while count < budget:
+                if should_stop():
+                    finish = "cancelled"
+                    break
+                token = next(stream)
+                count += 1
+                if first_at is None:
+                    first_at = time.perf_counter()
+                if llama_cpp.llama_vocab_is_eog(vocab, token):
+                    finish = "stop"
+                    break
+                text, stopped = stops.feed(utf8.feed(self.llm.detokenize([token])))
+                if text:
+                    yield GenerationEvent("token", text=text, token_id=token)
+                if stopped:
+                    finish = "stop"
+                    break
+        finally:
+            stream.close()
+        if finish != "stop":
+            tail, _ = stops.feed(utf8.flush())
+            tail += stops.flush()
+            if tail:
+                yield GenerationEvent("token", text=tail)
+        if should_stop() and finish == "length":
+            finish = "cancelled"
+        ended = time.perf_counter()
+        decode_seconds = ended - first_at if first_at else 0.0
+        yield GenerationEvent(
+            "done",
+            finish_reason=finish,
+            prompt_tokens=len(tokens),
+            completion_tokens=count,
+            time_to_first_token=(first_at - started) if first_at else None,
+            tokens_per_second=((count - 1) / decode_seconds) if count > 1 and decode_seconds > 0 else None,
+        )
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+def llama_sampler_arguments(params: SamplingParams) -> dict:
+    """SamplingParams onto llama-cpp-python's generate(): penalties, top-k, top-p, min-p, temperature, dist."""
+    arguments = {
+        "temp": max(params.temperature, 0.0),
+        "top_k": params.top_k,
+        "top_p": params.top_p,
+        "min_p": params.min_p,
+        "typical_p": 1.0,
+        "repeat_penalty": params.repeat_penalty,
+        "frequency_penalty": params.frequency_penalty,
+        "presence_penalty": params.presence_penalty,
+    }
+    if params.logit_bias:
+        arguments["logits_processor"] = [LogitBias(params.logit_bias)]
+    return arguments
+
+
+class LogitBias:
+    """Adds the request's bias to the listed token ids' logits; -100 bans a token."""
+
+    def __init__(self, bias: dict[int, float]):
+        self.ids = list(bias)
+        self.values = [-float("inf") if v <= -100 else float(v) for v in bias.values()]
+
+    def __call__(self, _input_ids, logits):
+        n_vocab = logits.shape[0]
+        for token_id, value in zip(self.ids, self.values, strict=True):
+            if 0 <= token_id < n_vocab:
+                logits[token_id] += value
+        return logits

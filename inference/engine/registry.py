@@ -1,0 +1,84 @@
+"""Backend selection and the per-process model cache.
+
+`backend_for(name)` returns a backend by name; `native_backend(format)` says which backend a format runs on
+by default; `ModelCache` keeps loaded models across jobs and evicts the least recently used when a memory
+budget would be exceeded.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+
+from inference.engine.base import Backend, BackendUnavailable, LoadedModel, ModelSpec
+
+BACKEND_CLASSES = {
+    "llamacpp": "inference.engine.llamacpp:LlamaCppBackend",
+    "torch": "inference.engine.torch.backend:TorchBackend",
+    "mlx": "inference.engine.mlx:MlxBackend",
+}
+NATIVE_BACKENDS = {"gguf": "llamacpp", "hf-safetensors": "torch", "mlx": "mlx"}
+
+
+def backend_for(name: str) -> Backend:
+    if name not in BACKEND_CLASSES:
+        known = ", ".join(sorted(BACKEND_CLASSES))
+        raise BackendUnavailable(f"Unknown backend {name!r}; Hearth has {known}.", status=400)
+    module_name, class_name = BACKEND_CLASSES[name].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise BackendUnavailable(f"The {name} backend cannot be imported here: {error}.") from error
+    return getattr(module, class_name)()
+
+
+def native_backend(model_format: str) -> str:
+    return NATIVE_BACKENDS[model_format]
+
+
+def choose_backend(model_format: str, *requested: str | None) -> str:
+    """The first named choice (request, model setting, server default), else the format's native backend."""
+    for name in requested:
+        if name:
+            return name
+    return native_backend(model_format)
+
+
+class ModelCache:
+    """Loaded models of this process, least recently used first out when the memory budget is exceeded."""
+
+    def __init__(self, memory_budget_bytes: int):
+        self.memory_budget_bytes = memory_budget_bytes
+        self._models: OrderedDict[tuple, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, backend_name: str, spec: ModelSpec, load: Callable[[], LoadedModel] | None = None) -> LoadedModel:
+        key = (backend_name, spec.path, spec.n_ctx, spec.n_gpu_layers, spec.n_threads, spec.chat_template)
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+            model = load() if load else backend_for(backend_name).load(spec)
+            self._models[key] = model
+            self._evict_over_budget(keep=key)
+            return model
+
+    def _evict_over_budget(self, keep: tuple) -> None:
+        while self.used_bytes() > self.memory_budget_bytes and len(self._models) > 1:
+            oldest = next(iter(self._models))
+            if oldest == keep:
+                break
+            self._models.pop(oldest).close()
+
+    def used_bytes(self) -> int:
+        return sum(m.memory_bytes for m in self._models.values())
+
+    def loaded_keys(self) -> list[tuple[str, str]]:
+        return [(key[0], key[1]) for key in self._models]
+
+    def clear(self) -> None:
+        with self._lock:
+            while self._models:
+                self._models.popitem()[1].close()

@@ -1,0 +1,56 @@
+"""Text plumbing every backend shares: complete-character decoding and stop strings."""
+
+from __future__ import annotations
+
+import codecs
+
+
+class Utf8Stream:
+    """Turns token bytes into text, emitting only complete UTF-8 characters."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, data: bytes) -> str:
+        return self._decoder.decode(data)
+
+    def flush(self) -> str:
+        return self._decoder.decode(b"", final=True)
+
+
+class StopStrings:
+    """Holds back text that might be the start of a stop string; cuts at the first stop string found.
+
+    feed() returns the text safe to emit now and whether a stop string was reached (text after it is
+    dropped, and the stop string itself is never emitted). flush() releases what was held back.
+    """
+
+    def __init__(self, stops: tuple[str, ...] | list[str]):
+        self.stops = tuple(s for s in stops if s)
+        self._held = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        if not self.stops:
+            return text, False
+        buffer = self._held + text
+        cut = min((i for i in (buffer.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self._held = ""
+            return buffer[:cut], True
+        keep = self._longest_stop_prefix_suffix(buffer)
+        self._held = buffer[len(buffer) - keep :] if keep else ""
+        return buffer[: len(buffer) - keep], False
+
+    def flush(self) -> str:
+        held, self._held = self._held, ""
+        return held
+
+    def _longest_stop_prefix_suffix(self, buffer: str) -> int:
+        """Length of the longest suffix of buffer that is a proper prefix of some stop string."""
+        best = 0
+        for stop in self.stops:
+            for length in range(min(len(stop) - 1, len(buffer)), best, -1):
+                if buffer.endswith(stop[:length]):
+                    best = length
+                    break
+        return best

@@ -1,0 +1,137 @@
+"""Hugging Face safetensors checkpoints -> our modules, through each architecture's weight map.
+
+Tensors are read from memory-mapped safetensors files (sharded ones through
+`model.safetensors.index.json`); nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+from inference.engine.base import ModelRefused
+from inference.engine.torch.models import architecture_for
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+MAX_CONFIG_BYTES = 1 << 20
+
+
+@dataclass
+class LoadedWeights:
+    model: torch.nn.Module
+    arch: ModuleType
+    args: Any
+    dtype: torch.dtype
+    device: torch.device
+
+
+def pick_device_and_dtype(device: str | None = None, dtype: str | None = None) -> tuple[torch.device, torch.dtype]:
+    """CUDA when present (bf16 where supported, else fp16), otherwise CPU in fp32; both overridable."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device_ = torch.device(device)
+    if dtype is None:
+        if device_.type == "cuda":
+            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        else:
+            dtype = "float32"
+    if dtype not in DTYPES:
+        raise ModelRefused(f"Unsupported dtype {dtype!r}: choose one of {', '.join(DTYPES)}.")
+    if device_.type == "cpu" and DTYPES[dtype] == torch.float16:
+        raise ModelRefused("float16 runs on CUDA only; use float32 or bfloat16 on CPU.")
+    return device_, DTYPES[dtype]
+
+
+def read_config(model_dir: str | Path) -> dict[str, Any]:
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise ModelRefused(f"{model_dir} has no config.json.")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ModelRefused(f"{path} is implausibly large for a config.")
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
+        raise ModelRefused(f"{path} does not name a model_type.")
+    return config
+
+
+def safetensors_files(model_dir: str | Path) -> list[Path]:
+    """The checkpoint's files: the shards named by the index, or the single model.safetensors."""
+    model_dir = Path(model_dir)
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ModelRefused(f"{index} has no weight_map.")
+        names = sorted(set(weight_map.values()))
+        for name in names:  # shards must be plain files beside the index
+            if not isinstance(name, str) or Path(name).name != name or not name.endswith(".safetensors"):
+                raise ModelRefused(f"{index} names an unexpected shard {name!r}.")
+        files = [model_dir / name for name in names]
+    else:
+        files = [model_dir / "model.safetensors"]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise ModelRefused(f"{model_dir} is missing {', '.join(missing)}.")
+    return files
+
+
+def load_hf_model(model_dir: str | Path, *, device: str | None = None, dtype: str | None = None) -> LoadedWeights:
+    config = read_config(model_dir)
+    arch = architecture_for(config["model_type"])
+    args = arch.Args.from_config(config)
+    device_, dtype_ = pick_device_and_dtype(device, dtype)
+    aliases = getattr(arch, "HF_PREFIX_ALIASES", ())
+    with ExitStack() as stack:
+        handles = [stack.enter_context(safe_open(str(f), framework="pt", device="cpu"))
+                   for f in safetensors_files(model_dir)]
+        where = {key: handle for handle in handles for key in handle.keys()}  # noqa: SIM118 (not a dict)
+
+        def tensors():
+            for name in arch.weight_names(args):
+                key = _find_key(name.hf, where, aliases)
+                yield name.ours, where[key].get_tensor(key)
+
+        model = build_model(arch, args, tensors(), device=device_, dtype=dtype_)
+    return LoadedWeights(model, arch, args, dtype_, device_)
+
+
+def _find_key(hf_name: str, available: dict, aliases: tuple[tuple[str, str], ...]) -> str:
+    if hf_name in available:
+        return hf_name
+    for prefix, replacement in aliases:
+        if hf_name.startswith(prefix) and replacement + hf_name[len(prefix):] in available:
+            return replacement + hf_name[len(prefix):]
+    raise ModelRefused(f"The checkpoint lacks tensor {hf_name!r}.")
+
+
+def build_model(arch: ModuleType, args: Any, tensors: Iterable[tuple[str, torch.Tensor]], *,
+                device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """Build the module without allocating (meta device), then assign each named tensor after
+    checking its shape. Every parameter must be given exactly once."""
+    with torch.device("meta"):
+        model = arch.Model(args)
+    expected = {name: p.shape for name, p in model.named_parameters()}
+    state: dict[str, torch.Tensor] = {}
+    for ours, tensor in tensors:
+        if ours not in expected:
+            raise ModelRefused(f"Unexpected tensor {ours!r} for {type(model).__module__}.")
+        if tuple(tensor.shape) != tuple(expected[ours]):
+            raise ModelRefused(f"Tensor {ours!r} has shape {tuple(tensor.shape)}, expected {tuple(expected[ours])}.")
+        state[ours] = tensor.to(device=device, dtype=dtype)
+    missing = set(expected) - set(state)
+    if missing:
+        raise ModelRefused(f"Missing tensors: {', '.join(sorted(missing)[:5])}.")
+    model.load_state_dict(state, strict=True, assign=True)
+    model.reset_buffers(device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()

@@ -1,0 +1,239 @@
+"""Building blocks shared by the architectures: norms, rotary embeddings, the KV cache, attention.
+
+Shapes use B (sequences in the batch), T (new tokens per sequence), L (cached positions attended to),
+H (query heads), Hkv (key/value heads), D (head dim), C (hidden size).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from inference.engine.base import ModelRefused
+
+
+class RMSNorm(nn.Module):
+    """RMS norm computed in fp32. Gemma stores `weight - 1` and multiplies by `1 + weight`."""
+
+    def __init__(self, dim: int, eps: float, *, unit_offset: bool = False):
+        super().__init__()
+        self.eps = eps
+        self.unit_offset = unit_offset
+        self.weight = nn.Parameter(torch.zeros(dim) if unit_offset else torch.ones(dim), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.unit_offset:
+            return (normed * (1.0 + self.weight.float())).to(x.dtype)
+        return self.weight * normed.to(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Rotary position embeddings (the "rotate half" layout of Hugging Face checkpoints)
+
+
+def rope_inv_freq(head_dim: int, theta: float, scaling: dict[str, Any] | None) -> torch.Tensor:
+    """Inverse frequencies (D/2,) in fp32, with linear or Llama 3 scaling applied."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    rope_type = (scaling or {}).get("rope_type") or (scaling or {}).get("type") or "default"
+    if rope_type == "default":
+        return inv_freq
+    if rope_type == "linear":
+        return inv_freq / float(scaling["factor"])
+    if rope_type == "llama3":
+        return _llama3_scaled(inv_freq, scaling)
+    if rope_type == "freq_factors":  # llama.cpp's rope_freqs tensor: one divisor per frequency
+        return inv_freq / torch.tensor(scaling["factors"], dtype=torch.float32)
+    raise ModelRefused(f"Unsupported rope scaling {rope_type!r}: supported are default, linear and llama3.")
+
+
+def _llama3_scaled(inv_freq: torch.Tensor, scaling: dict[str, Any]) -> torch.Tensor:
+    """Llama 3.1: long wavelengths slowed by `factor`, short ones kept, a smooth blend between."""
+    factor = float(scaling["factor"])
+    low_freq_factor = float(scaling["low_freq_factor"])
+    high_freq_factor = float(scaling["high_freq_factor"])
+    old_context = float(scaling["original_max_position_embeddings"])
+    low_freq_wavelen = old_context / low_freq_factor
+    high_freq_wavelen = old_context / high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_context / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+    return torch.where(is_medium, blended, scaled)
+
+
+def llama3_rope_factors(head_dim: int, theta: float, scaling: dict[str, Any]) -> torch.Tensor:
+    """What llama.cpp stores as `rope_freqs.weight`: the divisor of each unscaled frequency (D/2,)."""
+    plain = rope_inv_freq(head_dim, theta, None)
+    return plain / _llama3_scaled(plain, scaling)
+
+
+class Rotary(nn.Module):
+    def __init__(self, inv_freq: torch.Tensor):
+        super().__init__()
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin for `positions` (B, T): each (B, 1, T, D), broadcast over heads."""
+        angles = positions[..., None].float() * self.inv_freq  # (B, T, D/2)
+        angles = torch.cat((angles, angles), dim=-1)  # (B, T, D)
+        return angles.cos().to(dtype)[:, None], angles.sin().to(dtype)[:, None]
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, H, T, D) rotated pairwise (i, i + D/2)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+# ---------------------------------------------------------------------------------------------------------
+# KV cache and attention
+
+
+class KVCache:
+    """Keys and values of every layer, allocated once: (max_batch, Hkv, max_len, D) per layer.
+
+    A forward pass writes its new keys/values for rows `rows` at absolute positions, then attends
+    over positions [0, L) where L is one past the furthest position written in this pass.
+    """
+
+    def __init__(self, n_layers: int, max_batch: int, n_kv_heads: int, max_len: int, head_dim: int,
+                 *, dtype: torch.dtype, device: torch.device | str = "cpu"):
+        shape = (max_batch, n_kv_heads, max_len, head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.max_batch = max_batch
+        self.max_len = max_len
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+
+    def update(self, layer: int, step: ForwardStep, k: torch.Tensor, v: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, Hkv, T, D); return the cached (B, Hkv, L, D) for the batch's rows."""
+        cache_k, cache_v = self.keys[layer], self.values[layer]
+        if step.same_start is not None:  # every row starts at the same position: one slice copy
+            start, stop = step.same_start, step.same_start + k.shape[2]
+            cache_k[step.rows, :, start:stop] = k
+            cache_v[step.rows, :, start:stop] = v
+        else:  # rows at different positions: scatter per (row, position)
+            rows = step.row_index[:, None]  # (B, 1)
+            cache_k[rows, :, step.positions] = k.transpose(1, 2)  # indexed as (B, T, Hkv, D)
+            cache_v[rows, :, step.positions] = v.transpose(1, 2)
+        return cache_k[step.rows, :, : step.length], cache_v[step.rows, :, : step.length]
+
+
+class ForwardStep:
+    """Where the tokens of one forward pass go: positions (B, T), cache rows, and attention masks."""
+
+    def __init__(self, positions: torch.Tensor, rows: torch.Tensor | slice | None = None):
+        batch = positions.shape[0]
+        self.positions = positions
+        self.rows = rows if rows is not None else slice(0, batch)
+        if isinstance(self.rows, slice):
+            self.row_index = torch.arange(self.rows.start or 0, (self.rows.start or 0) + batch,
+                                          device=positions.device)
+        else:
+            self.row_index = self.rows
+        starts = positions[:, 0]
+        self.same_start = int(starts[0]) if bool((starts == starts[0]).all()) else None
+        contiguous = positions.shape[1] == 1 or bool((positions[:, 1:] - positions[:, :-1] == 1).all())
+        if self.same_start is not None and not contiguous:
+            self.same_start = None
+        self.length = int(positions.max()) + 1
+        self._masks: dict[int | None, torch.Tensor | None] = {}
+
+    def mask(self, sliding_window: int | None) -> torch.Tensor | None:
+        """Boolean (B, 1, T, L): key position j is visible to a query at p when j <= p and
+        p - j < sliding_window. None when every cached position is visible (one token, no window)."""
+        if sliding_window is not None and sliding_window >= self.length:
+            sliding_window = None
+        if sliding_window not in self._masks:
+            self._masks[sliding_window] = self._build_mask(sliding_window)
+        return self._masks[sliding_window]
+
+    def _build_mask(self, sliding_window: int | None) -> torch.Tensor | None:
+        is_single_decode = self.positions.shape[0] == 1 and self.positions.shape[1] == 1
+        if is_single_decode and sliding_window is None:
+            return None
+        keys = torch.arange(self.length, device=self.positions.device)  # (L,)
+        queries = self.positions[:, :, None]  # (B, T, 1)
+        visible = keys <= queries  # (B, T, L)
+        if sliding_window is not None:
+            visible &= queries - keys < sliding_window
+        return visible[:, None]  # (B, 1, T, L)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
+           ) -> torch.Tensor:
+    """q (B, H, T, D), k/v (B, Hkv, L, D) -> (B, H, T, D). Grouped-query heads share k/v."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
+                                          enable_gqa=q.shape[1] != k.shape[1])
+
+
+class Attention(nn.Module):
+    """Multi-head attention with grouped key/value heads, optional q/k bias and per-head q/k norms."""
+
+    def __init__(self, hidden_size: int, n_heads: int, n_kv_heads: int, head_dim: int, *, scale: float,
+                 bias: bool = False, qk_norm_eps: float | None = None, norm_unit_offset: bool = False,
+                 sliding_window: int | None = None):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
+        self.scale = scale
+        self.sliding_window = sliding_window
+        self.q = nn.Linear(hidden_size, n_heads * head_dim, bias=bias)
+        self.k = nn.Linear(hidden_size, n_kv_heads * head_dim, bias=bias)
+        self.v = nn.Linear(hidden_size, n_kv_heads * head_dim, bias=bias)
+        self.o = nn.Linear(n_heads * head_dim, hidden_size, bias=False)
+        self.q_norm = self.k_norm = None
+        if qk_norm_eps is not None:
+            self.q_norm = RMSNorm(head_dim, qk_norm_eps, unit_offset=norm_unit_offset)
+            self.k_norm = RMSNorm(head_dim, qk_norm_eps, unit_offset=norm_unit_offset)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], layer: int,
+                step: ForwardStep, cache: KVCache) -> torch.Tensor:
+        batch, n_new, _ = x.shape  # (B, T, C)
+        q = self.q(x).view(batch, n_new, self.n_heads, self.head_dim)  # (B, T, H, D)
+        k = self.k(x).view(batch, n_new, self.n_kv_heads, self.head_dim)  # (B, T, Hkv, D)
+        v = self.v(x).view(batch, n_new, self.n_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H or Hkv, T, D)
+        cos, sin = rope
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        keys, values = cache.update(layer, step, k, v)  # (B, Hkv, L, D)
+        out = attend(q, keys, values, step.mask(self.sliding_window), self.scale)  # (B, H, T, D)
+        return self.o(out.transpose(1, 2).reshape(batch, n_new, self.n_heads * self.head_dim))
+
+
+class GatedMLP(nn.Module):
+    """down(act(gate(x)) * up(x)): SiLU for Llama and Qwen, tanh-approximated GELU for Gemma."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, activation: str = "silu"):
+        super().__init__()
+        self.gate = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.up = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.down = nn.Linear(intermediate_size, hidden_size, bias=False)
+        if activation == "silu":
+            self.act = F.silu
+        elif activation in ("gelu_pytorch_tanh", "gelu_tanh"):
+            self.act = lambda x: F.gelu(x, approximate="tanh")
+        else:
+            raise ModelRefused(f"Unsupported activation {activation!r}: supported are silu and gelu_pytorch_tanh.")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(self.act(self.gate(x)) * self.up(x))
+
+
+def logits_of(hidden: torch.Tensor, lm_head: torch.Tensor, last_only: bool) -> torch.Tensor:
+    """hidden (B, T, C) -> logits (B, T, V), or (B, 1, V) for the last position only."""
+    if last_only:
+        hidden = hidden[:, -1:]
+    return F.linear(hidden, lm_head)

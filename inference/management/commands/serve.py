@@ -1,0 +1,23 @@
+import os
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+
+class Command(BaseCommand):
+    help = "Serve Hearth with daphne; in the embedded mode, with a generation worker thread in the same process."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--host", default=os.environ.get("HEARTH_HOST", "127.0.0.1"))
+        parser.add_argument("--port", type=int, default=int(os.environ.get("HEARTH_PORT", "8000")))
+
+    def handle(self, *args, host, port, **options):
+        from daphne.cli import CommandLineInterface
+
+        if settings.HEARTH_EMBEDDED_WORKER:
+            from inference.embedded import start_embedded_worker
+
+            start_embedded_worker()
+        self.stdout.write(f"Hearth is serving on http://{host}:{port}/", ending="\n")
+        self.stdout.flush()
+        CommandLineInterface().run(["-b", host, "-p", str(port), "--proxy-headers", "config.asgi:application"])

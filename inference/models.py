@@ -1,0 +1,107 @@
+"""The model library and generation jobs."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.core.validators import RegexValidator
+from django.db import models
+
+model_id_validator = RegexValidator(
+    r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",
+    "A model id starts with a letter or digit and uses only letters, digits and . _ : - (at most 128).",
+)
+
+
+class ModelFormat(models.TextChoices):
+    GGUF = "gguf", "GGUF"
+    HF_SAFETENSORS = "hf-safetensors", "Hugging Face safetensors"
+    MLX = "mlx", "MLX"
+
+
+class BackendName(models.TextChoices):
+    LLAMACPP = "llamacpp", "llama.cpp"
+    TORCH = "torch", "PyTorch (Hearth engine)"
+    MLX = "mlx", "MLX"
+
+
+class LocalModel(models.Model):
+    """A model in the library: a validated file or directory on this server's disk."""
+
+    name = models.CharField(max_length=128, unique=True, validators=[model_id_validator])
+    path = models.CharField(max_length=1024)
+    format = models.CharField(max_length=32, choices=ModelFormat.choices)
+    architecture = models.CharField(max_length=64, blank=True)
+    parameter_count = models.BigIntegerField(default=0)
+    quantization = models.CharField(max_length=32, blank=True)
+    context_length = models.IntegerField(default=0)
+    chat_template = models.TextField(blank=True)
+    chat_template_source = models.CharField(max_length=32, blank=True)
+    size_bytes = models.BigIntegerField(default=0)
+    backend = models.CharField(
+        max_length=16, choices=BackendName.choices, blank=True, help_text="Empty: the format's native backend."
+    )
+    metadata = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(self.chat_template)
+
+
+class JobStatus(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINISHED_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class GenerationJob(models.Model):
+    """One generation. Written when queued, claimed, and finished; never per token."""
+
+    class Kind(models.TextChoices):
+        CHAT = "chat"
+        COMPLETION = "completion"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    model = models.ForeignKey(LocalModel, null=True, on_delete=models.SET_NULL, related_name="jobs")
+    model_name = models.CharField(max_length=128)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="generation_jobs")
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.CHAT)
+    request = models.JSONField(default=dict)
+    status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.QUEUED, db_index=True)
+    backend = models.CharField(max_length=16, blank=True)
+    output_text = models.TextField(blank=True)
+    finish_reason = models.CharField(max_length=16, blank=True)
+    prompt_tokens = models.IntegerField(default=0)
+    completion_tokens = models.IntegerField(default=0)
+    time_to_first_token = models.FloatField(null=True, blank=True)
+    tokens_per_second = models.FloatField(null=True, blank=True)
+    error_code = models.CharField(max_length=64, blank=True)
+    error_text = models.TextField(blank=True)
+    worker = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["owner", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.model_name} {self.status} {self.id}"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in FINISHED_STATUSES

@@ -1,0 +1,111 @@
+"""Writes: importing models, starting and cancelling generation jobs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+
+from inference.engine.base import EngineError, GenerationRequest, ModelRefused
+from inference.models import GenerationJob, JobStatus, LocalModel, model_id_validator
+from inference.presence import get_presence
+from inference.relay import get_relay
+from inference.specs import request_to_json
+
+QUEUE_RETRY_AFTER_SECONDS = 2
+
+
+class QueueFull(EngineError):
+    code = "queue_full"
+    status = 429
+
+    retry_after = QUEUE_RETRY_AFTER_SECONDS
+
+
+class NoWorkerAvailable(EngineError):
+    code = "no_worker"
+    status = 503
+
+
+def default_model_name(path: Path) -> str:
+    stem = path.name if path.is_dir() else path.stem
+    name = re.sub(r"[^A-Za-z0-9._:-]+", "-", stem).strip("-._:").lower()
+    return name[:128] or "model"
+
+
+def model_import(path: str | Path, *, name: str | None = None, backend: str = "") -> LocalModel:
+    """Validate a model file or directory and add it to the library. Nothing unvalidated reaches a backend."""
+    from django.core.exceptions import ValidationError
+
+    from inference.engine.chat_template import find_chat_template
+    from inference.engine.metadata import read_metadata
+
+    source = Path(path).expanduser().resolve()
+    if not source.exists():
+        raise ModelRefused(f"{source} does not exist.")
+    meta = read_metadata(source)
+    name = name or default_model_name(source)
+    try:
+        model_id_validator(name)
+    except ValidationError as error:
+        raise ModelRefused(f"{name!r} is not a valid model id: {error.messages[0]}") from None
+    if backend and backend not in {"llamacpp", "torch", "mlx"}:
+        raise ModelRefused(f"Unknown backend {backend!r}; choose llamacpp, torch or mlx.")
+    if LocalModel.objects.filter(name=name).exists():
+        raise ModelRefused(f"The library already has a model named {name!r}; pass another --name.")
+    template, template_source = find_chat_template(str(source), meta.chat_template)
+    return LocalModel.objects.create(
+        name=name,
+        path=str(source),
+        format=meta.format,
+        architecture=meta.architecture,
+        parameter_count=meta.parameter_count,
+        quantization=meta.quantization or "",
+        context_length=meta.context_length or 0,
+        chat_template=template or "",
+        chat_template_source=template_source if template else "",
+        size_bytes=meta.size_bytes,
+        backend=backend,
+        metadata=meta.to_dict(),
+    )
+
+
+def generation_start(
+    *, owner, model: LocalModel, request: GenerationRequest, kind: str = GenerationJob.Kind.CHAT,
+    backend: str | None = None,
+) -> GenerationJob:
+    """Queue a generation. Refuses with 503 when no worker is alive and 429 when the queue is full."""
+    if not get_presence().live_workers():
+        raise NoWorkerAvailable(
+            "No generation worker is running. Start one (make run starts one; in production: "
+            "celery -A config worker -Q generation --concurrency 1) and try again."
+        )
+    queued = GenerationJob.objects.filter(status=JobStatus.QUEUED).count()
+    if queued >= settings.HEARTH_MAX_QUEUED:
+        raise QueueFull(f"{queued} generations are already waiting; try again in a few seconds.")
+    payload = request_to_json(request)
+    if backend:
+        payload["backend"] = backend
+    job = GenerationJob.objects.create(
+        owner=owner, model=model, model_name=model.name, kind=kind, request=payload
+    )
+    job_id = str(job.id)
+    transaction.on_commit(lambda: _send_generation_task(job_id))
+    return job
+
+
+def _send_generation_task(job_id: str) -> None:
+    from inference.tasks import generation_run
+
+    generation_run.apply_async(args=[job_id], queue="generation")
+
+
+def generation_cancel(job: GenerationJob) -> None:
+    """Stop a job: a queued one ends at once, a running one within one token."""
+    relay = get_relay()
+    relay.request_cancel(str(job.id))
+    took = GenerationJob.objects.filter(id=job.id, status=JobStatus.QUEUED).update(status=JobStatus.CANCELLED)
+    if took:
+        relay.publish_terminal(str(job.id), {"kind": "done", "finish_reason": "cancelled"})

@@ -1,0 +1,52 @@
+"""Translate library rows and job rows into the engine's plain dataclasses."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from django.conf import settings
+
+from inference.engine.base import GenerationRequest, ModelSpec
+from inference.engine.sampling import SamplingParams
+from inference.models import LocalModel
+
+
+def effective_context(model: LocalModel) -> int:
+    return min(model.context_length or settings.HEARTH_MAX_CTX, settings.HEARTH_MAX_CTX)
+
+
+def model_spec(model: LocalModel) -> ModelSpec:
+    return ModelSpec(
+        path=model.path,
+        format=model.format,
+        architecture=model.architecture,
+        n_ctx=effective_context(model),
+        n_gpu_layers=settings.HEARTH_N_GPU_LAYERS,
+        n_threads=settings.HEARTH_N_THREADS,
+        chat_template=model.chat_template or None,
+    )
+
+
+def request_to_json(request: GenerationRequest) -> dict[str, Any]:
+    sampling = asdict(request.sampling)
+    sampling["logit_bias"] = {str(k): v for k, v in request.sampling.logit_bias.items()}
+    return {
+        "messages": request.messages,
+        "prompt": request.prompt,
+        "sampling": sampling,
+        "max_tokens": request.max_tokens,
+        "stop": list(request.stop),
+    }
+
+
+def request_from_json(data: dict[str, Any]) -> GenerationRequest:
+    sampling = dict(data.get("sampling") or {})
+    sampling["logit_bias"] = {int(k): float(v) for k, v in (sampling.get("logit_bias") or {}).items()}
+    return GenerationRequest(
+        messages=data.get("messages"),
+        prompt=data.get("prompt"),
+        sampling=SamplingParams(**sampling),
+        max_tokens=data.get("max_tokens"),
+        stop=tuple(data.get("stop") or ()),
+    )

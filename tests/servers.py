@@ -1,0 +1,188 @@
+"""Real Hearth servers for the tests: `manage.py serve` subprocesses, embedded or with Celery workers.
+
+Embedded: SQLite in a temporary folder, the worker thread in the web process. Production: Postgres and Redis
+on 127.0.0.1 (a fresh database and Redis db per server), daphne, and separate `celery worker` processes.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+ADMIN_PASSWORD = "hearth-test-password"
+POSTGRES_URL = os.environ.get("HEARTH_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432")
+REDIS_HOST = os.environ.get("HEARTH_TEST_REDIS", "redis://127.0.0.1:6379")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def manage(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([PYTHON, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          check=check, timeout=300)
+
+
+@dataclass
+class HearthServer:
+    env: dict[str, str]
+    port: int
+    data_dir: Path
+    processes: list[subprocess.Popen] = field(default_factory=list)
+    api_key: str = ""
+    logs: list[Path] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def manage(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return manage(self.env, *args, check=check)
+
+    def spawn(self, name: str, command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        log = self.data_dir / f"{name}.log"
+        self.logs.append(log)
+        process = subprocess.Popen(command, cwd=ROOT, env=env or self.env, stdout=log.open("wb"),
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes.append(process)
+        return process
+
+    def start_web(self) -> None:
+        self.spawn("web", [PYTHON, "manage.py", "serve", "--port", str(self.port)])
+
+    def start_celery_worker(self, name: str = "worker") -> subprocess.Popen:
+        return self.spawn(name, [PYTHON, "-m", "celery", "-A", "config", "worker", "-Q", "generation", "--pool",
+                                 "solo", "--concurrency", "1", "--hostname", f"{name}-{self.port}@%h",
+                                 "--loglevel", "INFO", "--without-mingle", "--without-gossip"])
+
+    def wait_healthy(self, timeout: float = 90, workers: int = 1) -> dict:
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            for process in self.processes:
+                if process.poll() is not None:
+                    raise RuntimeError(f"a server process exited early:\n{self.log_tail()}")
+            try:
+                last = httpx.get(f"{self.base_url}/health", timeout=5).json()
+                if last["status"] == "ok" and last["workers"]["alive"] >= workers:
+                    return last
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"Hearth did not become healthy: {last}\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 60) -> str:
+        out = []
+        for log in self.logs:
+            if log.exists():
+                out.append(f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:]))
+        return "\n".join(out)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+        self.processes.clear()
+
+    def create_user(self, username: str, password: str = ADMIN_PASSWORD, *, staff: bool = False) -> str:
+        """Create a user and return a new API key of theirs."""
+        code = (
+            "from django.contrib.auth import get_user_model; U = get_user_model(); "
+            f"u = U.objects.create_user({username!r}, password={password!r}, is_staff={staff}); "
+        )
+        self.manage("shell", "-c", code)
+        return self.manage("create_api_key", username).stdout.strip()
+
+
+def base_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HEARTH_", "DATABASE_URL"))}
+    env.update(
+        HEARTH_DATA_DIR=str(data_dir),
+        HEARTH_ADMIN_PASSWORD=ADMIN_PASSWORD,
+        HEARTH_LOG_LEVEL="WARNING",
+        HEARTH_N_THREADS="2",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def prepare(server: HearthServer, models: dict[str, Path]) -> None:
+    server.manage("migrate", "--noinput")
+    for name, path in models.items():
+        server.manage("import_model", str(path), "--name", name)
+    server.manage("bootstrap_admin")
+    credentials = (server.data_dir / "admin-credentials.txt").read_text()
+    server.api_key = next(line.split(": ", 1)[1] for line in credentials.splitlines() if line.startswith("api_key"))
+
+
+def start_embedded(data_dir: Path, models: dict[str, Path], **env_extra: str) -> HearthServer:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    server = HearthServer(env=base_env(data_dir, HEARTH_PORT=str(port), **env_extra), port=port, data_dir=data_dir)
+    prepare(server, models)
+    server.start_web()
+    server.wait_healthy()
+    return server
+
+
+def create_postgres_database() -> str:
+    import psycopg
+
+    name = f"hearth_test_{os.getpid()}_{secrets.token_hex(3)}"
+    with psycopg.connect(f"{POSTGRES_URL}/postgres", autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    return name
+
+
+def drop_postgres_database(name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(f"{POSTGRES_URL}/postgres", autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def start_production(data_dir: Path, models: dict[str, Path], *, workers: int = 1, **env_extra: str) -> HearthServer:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    database = create_postgres_database()
+    redis_db = 1 + port % 14
+    env = base_env(
+        data_dir,
+        HEARTH_PORT=str(port),
+        HEARTH_REDIS_URL=f"{REDIS_HOST}/{redis_db}",
+        DATABASE_URL=f"{POSTGRES_URL}/{database}",
+        HEARTH_SECRET_KEY=secrets.token_urlsafe(48),
+        HEARTH_DEBUG="0",
+        HEARTH_WORKER_HEARTBEAT_SECONDS="1",
+        **env_extra,
+    )
+    import redis
+
+    redis.Redis.from_url(env["HEARTH_REDIS_URL"]).flushdb()
+    server = HearthServer(env=env, port=port, data_dir=data_dir)
+    server.postgres_database = database
+    prepare(server, models)
+    for index in range(workers):
+        server.start_celery_worker(f"worker{index}")
+    server.start_web()
+    server.wait_healthy(workers=workers)
+    return server
