@@ -21,8 +21,7 @@ PROMPT = "Write a short story about a lighthouse keeper who finds a message in a
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def bench_ours(path: Path, dtype: str, batch: int, tokens: int, prompt_ids: list[int]) -> float:
-    weights, _, _ = load_gguf_model(path, device="cpu", dtype=dtype)
+def bench_ours(weights, batch: int, tokens: int, prompt_ids: list[int]) -> float:
     args = weights.args
     cache = KVCache(args.n_layers, batch, args.n_kv_heads, len(prompt_ids) + tokens + 1, args.head_dim,
                     dtype=weights.dtype)
@@ -34,10 +33,7 @@ def bench_ours(path: Path, dtype: str, batch: int, tokens: int, prompt_ids: list
     return sum(len(o) for o in outputs) / elapsed
 
 
-def bench_transformers(path: Path, dtype: str, batch: int, tokens: int, prompt_ids: list[int]) -> float:
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=DTYPES[dtype]).eval()
+def bench_transformers(model, batch: int, tokens: int, prompt_ids: list[int]) -> float:
     ids = torch.tensor([prompt_ids] * batch)
     mask = torch.ones_like(ids)
     with torch.inference_mode():
@@ -69,10 +65,14 @@ def main() -> None:
     print(f"model {path.name}, {options.threads} threads, greedy, {options.tokens} new tokens, "
           f"prompt {len(prompt_ids)} tokens, torch {torch.__version__}")
     print(f"{'dtype':<6} {'batch':>5} {'transformers tok/s':>19} {'torch engine tok/s':>19} {'ratio':>6}")
+    from transformers import AutoModelForCausalLM
+
     for dtype in options.dtypes.split(","):
+        reference = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=DTYPES[dtype]).eval()
+        weights, _, _ = load_gguf_model(path, device="cpu", dtype=dtype)
         for batch in (int(b) for b in options.batches.split(",")):
-            theirs = bench_transformers(path, dtype, batch, options.tokens, prompt_ids)
-            ours = bench_ours(path, dtype, batch, options.tokens, prompt_ids)
+            theirs = bench_transformers(reference, batch, options.tokens, prompt_ids)
+            ours = bench_ours(weights, batch, options.tokens, prompt_ids)
             print(f"{dtype:<6} {batch:>5} {theirs:>19.1f} {ours:>19.1f} {ours / theirs:>5.2f}x", flush=True)
 
 

@@ -37,6 +37,7 @@ def request_to_json(request: GenerationRequest) -> dict[str, Any]:
         "sampling": sampling,
         "max_tokens": request.max_tokens,
         "stop": list(request.stop),
+        "fit_history": request.fit_history,
     }
 
 
@@ -49,4 +50,5 @@ def request_from_json(data: dict[str, Any]) -> GenerationRequest:
         sampling=SamplingParams(**sampling),
         max_tokens=data.get("max_tokens"),
         stop=tuple(data.get("stop") or ()),
+        fit_history=bool(data.get("fit_history")),
     )

@@ -26,17 +26,17 @@ def demo_gguf() -> Path:
 
 
 @pytest.fixture(scope="session")
-def embedded_server(tmp_path_factory, tiny_gguf):
-    server = servers.start_embedded(tmp_path_factory.mktemp("embedded"), {"tiny": tiny_gguf})
+def embedded_server(tmp_path_factory, tiny_gguf, demo_gguf):
+    server = servers.start_embedded(tmp_path_factory.mktemp("embedded"), {"tiny": tiny_gguf, "demo": demo_gguf})
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="session")
-def production_server(tmp_path_factory, tiny_gguf):
+def production_server(tmp_path_factory, tiny_gguf, demo_gguf):
     if os.environ.get("HEARTH_SKIP_PRODUCTION_TESTS"):
         pytest.skip("HEARTH_SKIP_PRODUCTION_TESTS is set")
-    server = servers.start_production(tmp_path_factory.mktemp("production"), {"tiny": tiny_gguf})
+    server = servers.start_production(tmp_path_factory.mktemp("production"), {"tiny": tiny_gguf, "demo": demo_gguf})
     yield server
     server.stop()
     servers.drop_postgres_database(server.postgres_database)

@@ -239,9 +239,6 @@ def build_tiny_hf_dir(
     safetensors_metadata: dict[str, str] | None = None,
 ) -> Path:
     """A Hugging Face model directory with transformers' weight names for a tiny llama (or qwen2)."""
-    import torch
-    from safetensors.torch import save_file
-
     if model_type not in _HF_ARCHITECTURES:
         raise ValueError(f"build_tiny_hf_dir builds {sorted(_HF_ARCHITECTURES)}, not {model_type!r}")
     directory = Path(path)
@@ -289,13 +286,13 @@ def build_tiny_hf_dir(
         tokenizer_config["chat_template"] = chat_template
     (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
 
-    generator = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
 
-    def matrix(rows: int, columns: int) -> torch.Tensor:
-        return (torch.randn(rows, columns, generator=generator) * 0.5).to(getattr(torch, dtype))
+    def matrix(rows: int, columns: int) -> np.ndarray:
+        return (rng.standard_normal((rows, columns)) * 0.5).astype(np.float32)
 
-    def vector(size: int, fill: float) -> torch.Tensor:
-        return torch.full((size,), fill).to(getattr(torch, dtype))
+    def vector(size: int, fill: float) -> np.ndarray:
+        return np.full(size, fill, dtype=np.float32)
 
     weights = {"model.embed_tokens.weight": matrix(vocab_size, hidden_size)}  # (vocab, hidden)
     for i in range(n_layer):
@@ -316,10 +313,27 @@ def build_tiny_hf_dir(
     weights["model.norm.weight"] = vector(hidden_size, 1.0)
     if not tie_word_embeddings:
         weights["lm_head.weight"] = matrix(vocab_size, hidden_size)
-    save_file(
-        weights, str(directory / "model.safetensors"), metadata=safetensors_metadata or {"format": "pt"}
+    _save_safetensors(
+        weights, dtype, directory / "model.safetensors", safetensors_metadata or {"format": "pt"}
     )
     return directory
+
+
+def _save_safetensors(
+    weights: dict[str, np.ndarray], dtype: str, path: Path, metadata: dict[str, str]
+) -> None:
+    """float32/float16 through numpy; bfloat16, which numpy lacks, through torch (imported only then)."""
+    if dtype == "bfloat16":
+        import torch
+        from safetensors.torch import save_file as save_torch
+
+        save_torch(
+            {k: torch.from_numpy(v).to(torch.bfloat16) for k, v in weights.items()}, str(path), metadata
+        )
+        return
+    from safetensors.numpy import save_file as save_numpy
+
+    save_numpy({k: v.astype(dtype) for k, v in weights.items()}, str(path), metadata)
 
 
 def tiny_hf_parameter_count(
@@ -409,37 +423,45 @@ def write_gguf_with_absurd_counts(path: str | Path, *, field: str = "tensors") -
     return path
 
 
+def _gguf_string(text: str) -> bytes:
+    return struct.pack("<Q", len(text.encode())) + text.encode()
+
+
+def _gguf_string_kv(key: str, value: str) -> bytes:
+    return _gguf_string(key) + struct.pack("<I", 8) + _gguf_string(value)
+
+
+MALFORMED_GGUF_PROBLEMS = (
+    "value_type", "duplicate_key", "nested_array", "tensor_type", "tensor_offset", "misaligned",
+    "block_size", "duplicate_tensor", "no_architecture", "adapter", "no_tensors", "none",
+)  # fmt: skip
+
+
 def write_malformed_gguf(path: str | Path, *, problem: str) -> Path:
-    """A small hand-written GGUF (one key, one f32 tensor of 32 elements) broken in one way. problem:
-    "value_type" (a key of unknown type 99), "duplicate_key", "nested_array", "tensor_type" (ggml type 99),
-    "tensor_offset" (data past the end of the file), "misaligned" (a data offset of 4), "block_size"
-    (a Q4_0 tensor of 33 elements per row), "duplicate_tensor", or "none" (a valid file)."""
-
-    def string(text: str) -> bytes:
-        return struct.pack("<Q", len(text.encode())) + text.encode()
-
-    architecture = string("general.architecture") + struct.pack("<I", 8) + string("llama")
-    keys = [architecture]
-    if problem == "value_type":
-        keys.append(string("general.mystery") + struct.pack("<I", 99) + bytes(8))
-    elif problem == "duplicate_key":
-        keys.append(architecture)
-    elif problem == "nested_array":
-        keys.append(string("general.tags") + struct.pack("<IIQ", 9, 9, 1) + struct.pack("<IQ", 4, 0))
-    tensor_type, row, offset = 0, 32, 0
-    if problem == "tensor_type":
-        tensor_type = 99
-    elif problem == "tensor_offset":
-        offset = 4096
-    elif problem == "misaligned":
-        offset = 4
-    elif problem == "block_size":
-        tensor_type, row = 2, 33
-    elif problem not in ("value_type", "duplicate_key", "nested_array", "duplicate_tensor", "none"):
+    """A small hand-written GGUF (general.architecture "llama", one f32 tensor of 32 elements) broken in
+    one way. problem: "value_type" (a key of unknown type 99), "duplicate_key", "nested_array",
+    "tensor_type" (ggml type 99), "tensor_offset" (data past the end of the file), "misaligned" (a data
+    offset of 4), "block_size" (a Q4_0 tensor of 33 elements per row), "duplicate_tensor",
+    "no_architecture", "adapter" (general.type "adapter", as a LoRA), "no_tensors" (vocabulary-only),
+    or "none" (a valid file)."""
+    if problem not in MALFORMED_GGUF_PROBLEMS:
         raise ValueError(f"unknown problem {problem!r}")
-    tensors = [string("token_embd.weight") + struct.pack("<IQIQ", 1, row, tensor_type, offset)]
-    if problem == "duplicate_tensor":
-        tensors.append(string("token_embd.weight") + struct.pack("<IQIQ", 1, row, tensor_type, 128))
+    architecture = _gguf_string_kv("general.architecture", "llama")
+    keys = {
+        "value_type": [architecture, _gguf_string("general.mystery") + struct.pack("<I", 99) + bytes(8)],
+        "duplicate_key": [architecture, architecture],
+        "nested_array": [architecture, _gguf_string("general.tags") + struct.pack("<IIQIQ", 9, 9, 1, 4, 0)],
+        "no_architecture": [_gguf_string_kv("general.name", "nameless")],
+        "adapter": [architecture, _gguf_string_kv("general.type", "adapter")],
+    }.get(problem, [architecture])
+    tensor_type, row, offset = {
+        "tensor_type": (99, 32, 0),
+        "tensor_offset": (0, 32, 4096),
+        "misaligned": (0, 32, 4),
+        "block_size": (2, 33, 0),  # Q4_0: blocks of 32
+    }.get(problem, (0, 32, 0))
+    tensor = _gguf_string("token_embd.weight") + struct.pack("<IQIQ", 1, row, tensor_type, offset)
+    tensors = {"duplicate_tensor": [tensor, tensor], "no_tensors": []}.get(problem, [tensor])
     header = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(keys)) + b"".join(keys) + b"".join(tensors)
     padding = bytes(-len(header) % 32)
     path = Path(path)

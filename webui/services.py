@@ -40,7 +40,8 @@ def chat_send(*, owner, conversation: Conversation | None, model: LocalModel, co
         conversation.model = model
         conversation.save(update_fields=["model", "updated_at"])
     Message.objects.create(conversation=conversation, role=Message.Role.USER, content=content)
-    request = GenerationRequest(messages=conversation_messages(conversation), sampling=SamplingParams(temperature=0.7))
+    request = GenerationRequest(messages=conversation_messages(conversation), sampling=SamplingParams(temperature=0.7),
+                                fit_history=True)
     job = generation_start(owner=owner, model=model, request=request)
     reply = Message.objects.create(conversation=conversation, role=Message.Role.ASSISTANT, job=job)
     Conversation.objects.filter(pk=conversation.pk).update(updated_at=reply.created_at)

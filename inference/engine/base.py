@@ -78,6 +78,9 @@ class GenerationRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     max_tokens: int | None = None  # None: until the context is full
     stop: tuple[str, ...] = ()
+    # Chat pages set this: the oldest turns (never the system prompt, never the last message) are left out
+    # until the prompt fits with room for a reply. The API leaves it off and refuses an over-long prompt.
+    fit_history: bool = False
 
 
 @dataclass(frozen=True)
@@ -95,10 +98,34 @@ class GenerationEvent:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     time_to_first_token: float | None = None  # seconds, from the start of prompt processing
+    dropped_messages: int = 0  # "started": the oldest turns left out to fit the context
     tokens_per_second: float | None = None  # decode only
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v not in (None, "", 0) or k == "kind"}
+
+
+def reply_reserve(n_ctx: int) -> int:
+    """Room a chat keeps for the reply when older turns are left out: a quarter of the context."""
+    return n_ctx // 4
+
+
+def fit_history(
+    messages: list[dict[str, Any]], fits: Callable[[list[dict[str, Any]]], bool]
+) -> tuple[list[dict[str, Any]], int]:
+    """Leave out the oldest turns until `fits` says yes; system messages and the last message always stay.
+
+    Returns the messages to use and how many were left out.
+    """
+    kept = list(messages)
+    dropped = 0
+    while not fits(kept):
+        droppable = [i for i, m in enumerate(kept[:-1]) if m.get("role") != "system"]
+        if not droppable:
+            break
+        del kept[droppable[0]]
+        dropped += 1
+    return kept, dropped
 
 
 class LoadedModel(Protocol):

@@ -75,7 +75,7 @@ def detect_format(path: str | Path) -> str:
     with path.open("rb") as f:
         head = f.read(512)
     if head.startswith(GGUF_MAGIC):
-        read_gguf_header(path)
+        _check_gguf_is_a_model(read_gguf_header(path), path.name)
         return FORMAT_GGUF
     raise ModelRefused(_describe_unusable_file(path, head, size))
 
@@ -240,6 +240,23 @@ def _parse_gguf(cursor: _Cursor) -> GGUFHeader:
         data_offset=data_offset,
         file_size=cursor.size,
     )
+
+
+def _check_gguf_is_a_model(header: GGUFHeader, name: str) -> None:
+    """A valid GGUF may still be no model: a LoRA adapter, an imatrix, a vocabulary without weights."""
+    kind = header.fields.get("general.type", "model")
+    if kind != "model":
+        raise ModelRefused(
+            f"{name} is a GGUF {kind!s} file, not a model; import the base model instead."
+            + (" (Hearth does not apply LoRA adapters.)" if kind == "adapter" else "")
+        )
+    if (
+        not isinstance(header.fields.get("general.architecture"), str)
+        or not header.fields["general.architecture"]
+    ):
+        raise ModelRefused(f"{name} has no general.architecture, so llama.cpp cannot load it.")
+    if not header.tensors:
+        raise ModelRefused(f"{name} holds no tensors (a vocabulary-only GGUF?), so there is no model to run.")
 
 
 def _unsupported_gguf_version_message(name: str, version: int) -> str:

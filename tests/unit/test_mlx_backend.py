@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import sys
 
 import pytest
@@ -11,9 +13,12 @@ from inference.engine.base import (
     ContextLengthExceeded,
     GenerationRequest,
     InvalidRequest,
+    ModelRefused,
     ModelSpec,
 )
-from inference.engine.mlx import MlxBackend, mlx_import_error
+from inference.engine.formats import detect_format
+from inference.engine.mlx import PREFILL_CHUNK_TOKENS, MlxBackend, mlx_import_error
+from inference.engine.mlx_convert import convert_hf_to_mlx
 from inference.engine.sampling import SamplingParams
 from tests.unit.mlx_models import BOS, build_tiny_llama
 
@@ -35,16 +40,6 @@ def tiny_llama(tiny_llama_dir):
     model = MlxBackend().load(ModelSpec(path=str(tiny_llama_dir), format="hf-safetensors", n_ctx=256))
     yield model
     model.close()
-
-
-@pytest.fixture(scope="module")
-def tiny_llama_4bit_dir(tiny_llama_dir, tmp_path_factory):
-    from inference.engine.mlx_convert import convert_hf_to_mlx
-
-    fractions = []
-    dst = convert_hf_to_mlx(tiny_llama_dir, tmp_path_factory.mktemp("mlx") / "tiny-llama-4bit", 4, fractions.append)
-    assert fractions[0] == 0.0 and fractions[-1] == 1.0 and fractions == sorted(fractions)
-    return dst
 
 
 def run(model, should_stop=lambda: False, **request):
@@ -73,7 +68,7 @@ def transformers_greedy(model_dir, prompt_ids, steps):
         for _ in range(steps):
             logits = model(ids).logits[0, -1]  # (vocab,)
             top_two = torch.topk(logits, 2).values
-            assert top_two[0] - top_two[1] > 1e-3, "the fixture's greedy choice is a near tie; pick another seed"
+            assert top_two[0] - top_two[1] > 1e-3, "a near tie in the fixture's greedy choice: reseed it"
             chosen.append(int(logits.argmax()))
             ids = torch.cat([ids, torch.tensor([[chosen[-1]]])], dim=1)
     return chosen
@@ -148,7 +143,8 @@ def test_it_cuts_at_a_stop_string_that_spans_tokens_and_never_emits_it(tiny_llam
 @needs_mlx
 def test_it_stops_within_one_token_when_cancelled(tiny_llama):
     seen = []
-    stream = tiny_llama.generate(GenerationRequest(prompt=PROMPT, sampling=GREEDY, max_tokens=32), lambda: bool(seen))
+    request = GenerationRequest(prompt=PROMPT, sampling=GREEDY, max_tokens=32)
+    stream = tiny_llama.generate(request, should_stop=lambda: bool(seen))
 
     for event in stream:
         if event.kind == "token":
@@ -179,7 +175,8 @@ def test_it_stops_at_the_end_of_sequence_token(tiny_llama):
 @needs_mlx
 def test_it_gives_the_same_text_for_the_same_seed(tiny_llama):
     def sampled(seed):
-        return token_ids(run(tiny_llama, prompt=PROMPT, max_tokens=24, sampling=SamplingParams(temperature=1.0, seed=seed)))
+        sampling = SamplingParams(temperature=1.0, seed=seed)
+        return token_ids(run(tiny_llama, prompt=PROMPT, max_tokens=24, sampling=sampling))
 
     assert sampled(7) == sampled(7)
     assert sampled(7) != sampled(8)
@@ -219,7 +216,9 @@ def test_it_refuses_a_prompt_longer_than_the_context(tiny_llama_dir):
 def test_it_ends_with_length_when_the_context_is_full(tiny_llama_dir):
     model = MlxBackend().load(ModelSpec(path=str(tiny_llama_dir), format="hf-safetensors", n_ctx=10))
 
-    events = run(model, prompt=PROMPT, sampling=SamplingParams(temperature=0.0, logit_bias={2: -100.0}))
+    no_eos = SamplingParams(temperature=0.0, logit_bias={eos: -100.0 for eos in model.eos_token_ids})
+
+    events = run(model, prompt=PROMPT, sampling=no_eos)
 
     assert events[-1].finish_reason == "length"
     assert events[-1].completion_tokens == 10 - 3
@@ -236,7 +235,8 @@ def test_it_renders_messages_with_the_sandboxed_template_without_a_second_bos(ti
     template = "{{ bos_token }}{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}assistant:"
     spec = ModelSpec(path=str(tiny_llama_dir), format="hf-safetensors", n_ctx=256, chat_template=template)
     model = MlxBackend().load(spec)
-    request = GenerationRequest(messages=[{"role": "user", "content": "hello"}], sampling=GREEDY, max_tokens=4)
+    messages = [{"role": "user", "content": "hello"}]
+    request = GenerationRequest(messages=messages, sampling=GREEDY, max_tokens=4)
 
     assert model.render_prompt(request) == f"{BOS}user: hello\nassistant:"
     events = run(model, messages=request.messages, sampling=GREEDY, max_tokens=4)
@@ -244,26 +244,52 @@ def test_it_renders_messages_with_the_sandboxed_template_without_a_second_bos(ti
 
 
 @needs_mlx
-def test_it_converts_to_4_bits_and_the_result_loads_and_generates(tiny_llama_4bit_dir):
-    import json
+def test_it_stops_a_long_prefill_between_chunks(tiny_llama_dir):
+    model = MlxBackend().load(ModelSpec(path=str(tiny_llama_dir), format="hf-safetensors", n_ctx=2048))
+    long_prompt = " ".join(["the quick brown fox jumps over the lazy dog"] * 80)
+    assert len(model.tokenize(long_prompt)) > PREFILL_CHUNK_TOKENS
+    checks = []
 
-    config = json.loads((tiny_llama_4bit_dir / "config.json").read_text())
-    assert config["quantization"]["bits"] == 4
-    assert not list(tiny_llama_4bit_dir.parent.glob(".*partial"))
+    events = run(model, lambda: checks.append(1) or len(checks) > 1, prompt=long_prompt, sampling=GREEDY)
 
-    model = MlxBackend().load(ModelSpec(path=str(tiny_llama_4bit_dir), format="mlx", n_ctx=256))
-    events = run(model, prompt=PROMPT, sampling=SamplingParams(temperature=0.0, logit_bias={2: -100.0}), max_tokens=8)
+    assert len(checks) == 2  # once before the first token, once between the first two prompt chunks
+    assert token_ids(events) == [] and events[-1].finish_reason == "cancelled"
+
+
+@needs_mlx
+@pytest.mark.parametrize("bits", [4, 8])
+def test_it_converts_to_n_bits_and_the_result_loads_and_generates(bits, tiny_llama_dir, tiny_llama, tmp_path):
+    fractions = []
+
+    converted = convert_hf_to_mlx(tiny_llama_dir, tmp_path / f"tiny-llama-{bits}bit", bits, fractions.append)
+
+    assert fractions[0] == 0.0 and fractions[-1] == 1.0 and fractions == sorted(fractions)
+    config = json.loads((converted / "config.json").read_text())
+    assert config["quantization"] == {"group_size": 64, "bits": bits, "mode": "affine"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [converted.name]  # no staging directory left
+    assert detect_format(str(converted)) == "mlx"
+
+    model = MlxBackend().load(ModelSpec(path=str(converted), format="mlx", n_ctx=256))
+    no_eos = SamplingParams(temperature=0.0, logit_bias={eos: -100.0 for eos in model.eos_token_ids})
+    events = run(model, prompt=PROMPT, sampling=no_eos, max_tokens=8)
 
     assert events[-1].completion_tokens == len(token_ids(events)) == 8
-    assert model.memory_bytes < MlxBackend().load(ModelSpec(path=str(tiny_llama_4bit_dir.parent), format="mlx")).memory_bytes \
-        if False else True
+    assert model.memory_bytes < tiny_llama.memory_bytes * bits / 16
 
 
 @needs_mlx
 def test_it_refuses_to_convert_over_an_existing_directory(tiny_llama_dir, tmp_path):
-    from inference.engine.mlx_convert import convert_hf_to_mlx
-
     (tmp_path / "taken").mkdir()
 
     with pytest.raises(InvalidRequest, match="already exists"):
         convert_hf_to_mlx(tiny_llama_dir, tmp_path / "taken", 4, lambda fraction: None)
+
+
+@needs_mlx
+def test_it_refuses_a_model_that_asks_to_run_its_own_code(tiny_llama_dir, tmp_path):
+    shutil.copytree(tiny_llama_dir, tmp_path / "custom")
+    config = json.loads((tmp_path / "custom" / "config.json").read_text())
+    (tmp_path / "custom" / "config.json").write_text(json.dumps({**config, "model_file": "evil.py"}))
+
+    with pytest.raises(ModelRefused, match="evil.py"):
+        MlxBackend().load(ModelSpec(path=str(tmp_path / "custom"), format="hf-safetensors"))

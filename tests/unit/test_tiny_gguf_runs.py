@@ -14,7 +14,7 @@ def tiny_llama(request, tmp_path_factory):
     path = factories.build_tiny_gguf(
         tmp_path_factory.mktemp("tiny") / f"{request.param}.gguf", arch=request.param
     )
-    model = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_threads=2, verbose=False)
+    model = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_threads=1, n_threads_batch=1, verbose=False)
     yield model
     model.close()
 

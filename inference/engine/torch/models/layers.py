@@ -174,8 +174,23 @@ class ForwardStep:
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
            ) -> torch.Tensor:
     """q (B, H, T, D), k/v (B, Hkv, L, D) -> (B, H, T, D). Grouped-query heads share k/v."""
+    if q.shape[2] == 1:
+        return _attend_one_query(q, k, v, mask, scale)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
                                           enable_gqa=q.shape[1] != k.shape[1])
+
+
+def _attend_one_query(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                      scale: float) -> torch.Tensor:
+    """Decoding: one query per sequence. Two small matmuls beat SDPA's CPU kernel here."""
+    batch, n_heads, _, head_dim = q.shape
+    n_kv = k.shape[1]
+    q = q.view(batch, n_kv, n_heads // n_kv, head_dim)  # (B, Hkv, H/Hkv, D): the heads sharing each k/v
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # (B, Hkv, H/Hkv, L)
+    if mask is not None:
+        scores = scores.masked_fill(~mask.view(batch, 1, 1, -1), float("-inf"))  # mask (B, 1, 1, L)
+    weights = torch.softmax(scores.float(), dim=-1).to(v.dtype)
+    return torch.matmul(weights, v).view(batch, n_heads, 1, head_dim)  # (B, H, 1, D)
 
 
 class Attention(nn.Module):

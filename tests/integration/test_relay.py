@@ -1,0 +1,113 @@
+"""The relay, in-process and on real Redis Streams: ordered, numbered, lossless, resumable, with cancel flags."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+
+import pytest
+import redis
+
+from inference.relay import InProcessRelay, RedisStreamRelay
+
+REDIS_URL = "redis://127.0.0.1:6379/15"
+
+
+def redis_available() -> bool:
+    try:
+        return redis.Redis.from_url(REDIS_URL, socket_timeout=1).ping()
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture(params=["in-process", "redis"])
+def relay(request):
+    if request.param == "in-process":
+        return InProcessRelay(ttl_seconds=60)
+    if not redis_available():
+        pytest.fail("Redis must run on 127.0.0.1:6379 for the production-mode tests")
+    return RedisStreamRelay(REDIS_URL, ttl_seconds=60)
+
+
+def collect(relay, job_id, after=0, limit=None):
+    async def gather():
+        out = []
+        async for index, event in relay.subscribe(job_id, after):
+            out.append((index, event))
+            if limit and len(out) >= limit:
+                break
+        return out
+
+    return asyncio.run(gather())
+
+
+def publish_tokens(relay, job_id, count, delay=0.0):
+    import time
+
+    publisher = relay.publisher(job_id)
+    publisher.publish({"kind": "started", "prompt_tokens": 3})
+    for i in range(count):
+        if delay:
+            time.sleep(delay)
+        publisher.publish({"kind": "token", "text": f"t{i}"})
+    publisher.publish({"kind": "done", "finish_reason": "stop"})
+
+
+def test_it_delivers_every_event_in_order_with_its_index(relay):
+    job = str(uuid.uuid4())
+    publish_tokens(relay, job, 50)
+    events = collect(relay, job)
+    assert [i for i, _ in events] == list(range(1, 53))
+    assert [e["text"] for _, e in events[1:-1]] == [f"t{i}" for i in range(50)]
+    assert events[-1][1]["kind"] == "done"
+
+
+def test_it_resumes_after_an_index_with_no_gap_and_no_duplicate(relay):
+    job = str(uuid.uuid4())
+    publish_tokens(relay, job, 10)
+    assert [i for i, _ in collect(relay, job, after=7)] == list(range(8, 13))
+
+
+def test_it_waits_for_events_published_later_by_another_thread(relay):
+    job = str(uuid.uuid4())
+    writer = threading.Thread(target=publish_tokens, args=(relay, job, 20, 0.005))
+    writer.start()
+    events = collect(relay, job)
+    writer.join()
+    assert [i for i, _ in events] == list(range(1, 23))
+
+
+def test_it_keeps_a_slow_subscriber_lossless(relay):
+    job = str(uuid.uuid4())
+    publish_tokens(relay, job, 2000)
+
+    async def slow():
+        out = []
+        async for index, _event in relay.subscribe(job, 0):
+            out.append(index)
+            if index % 500 == 0:
+                await asyncio.sleep(0.05)
+        return out
+
+    assert asyncio.run(slow()) == list(range(1, 2003))
+
+
+def test_it_raises_and_reads_cancel_flags(relay):
+    job = str(uuid.uuid4())
+    assert not relay.is_cancelled(job)
+    relay.request_cancel(job)
+    assert relay.is_cancelled(job)
+
+
+def test_it_ends_a_job_no_worker_took_with_one_terminal_event(relay):
+    job = str(uuid.uuid4())
+    relay.publish_terminal(job, {"kind": "done", "finish_reason": "cancelled"})
+    assert collect(relay, job) == [(1, {"kind": "done", "finish_reason": "cancelled"})]
+
+
+def test_it_refuses_out_of_order_indexes_in_process():
+    relay = InProcessRelay(ttl_seconds=60)
+    relay.append("job", 1, {"kind": "token"})
+    with pytest.raises(ValueError):
+        relay.append("job", 3, {"kind": "token"})

@@ -1,0 +1,46 @@
+"""Complete characters only, and stop strings that never leak, however the text is split into tokens."""
+
+from __future__ import annotations
+
+import pytest
+
+from inference.engine.text import StopStrings, Utf8Stream
+
+
+def test_it_emits_a_multibyte_character_only_when_complete():
+    stream = Utf8Stream()
+    data = "é€😀".encode()
+    out = [stream.feed(data[i : i + 1]) for i in range(len(data))]
+    assert "".join(out) == "é€😀"
+    assert all(piece in ("", "é", "€", "😀") for piece in out)
+
+
+@pytest.mark.parametrize(
+    ("pieces", "stops", "emitted", "stopped"),
+    [
+        (["Hello", " wor", "ld"], ["world"], "Hello ", True),
+        (["a", "b", "<", "/", "s", ">", "tail"], ["</s>"], "ab", True),
+        (["no stop", " here"], ["STOP"], "no stop here", False),
+        (["x<", "y"], ["<z"], "x<y", False),
+        (["ab", "cd"], ["bc", "cd"], "a", True),
+        (["line one\n", "\nline two"], ["\n\n"], "line one", True),
+    ],
+)
+def test_it_cuts_at_the_first_stop_string_across_token_boundaries(pieces, stops, emitted, stopped):
+    filter_ = StopStrings(stops)
+    out, hit = [], False
+    for piece in pieces:
+        text, hit = filter_.feed(piece)
+        out.append(text)
+        if hit:
+            break
+    if not hit:
+        out.append(filter_.flush())
+    assert "".join(out) == emitted
+    assert hit is stopped
+
+
+def test_it_holds_back_only_what_could_start_a_stop_string():
+    filter_ = StopStrings(["###"])
+    assert filter_.feed("abc#") == ("abc", False)
+    assert filter_.feed("#x") == ("##x", False)
