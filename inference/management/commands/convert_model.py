@@ -31,10 +31,7 @@ class Command(BaseCommand):
             conversion = conversion_start(source, to, gguf_type=type, bits=bits, name=name, dispatch=on_worker)
         except EngineError as error:
             raise CommandError(error.message) from None
-        if on_worker:
-            conversion = self._follow(conversion.pk)
-        else:
-            conversion = conversion_run(conversion.pk)
+        conversion = self._follow(conversion.pk) if on_worker else conversion_run(conversion.pk)
         if conversion.status != JobStatus.SUCCEEDED:
             raise CommandError(f"The conversion failed: {conversion.error_text}")
         self.stdout.write(f"Converted {source.name} into {conversion.result.name} ({conversion.result.path}).")
