@@ -7,6 +7,7 @@ import sys
 
 BENCHMARKS = {
     "llamacpp": "bench.llamacpp_stack",
+    "torch": "bench.torch_engine",
 }
 
 
@@ -15,6 +16,7 @@ def main(names: list[str]) -> None:
         if name not in BENCHMARKS:
             raise SystemExit(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}")
         print(f"== {name}", flush=True)
+        sys.argv = [name]  # each benchmark parses its own (default) options
         importlib.import_module(BENCHMARKS[name]).main()
 
 

