@@ -13,7 +13,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from config.env import env_bool, env_bytes, env_int, env_list, env_str
+from config.env import env_bool, env_bytes, env_int, env_json, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(env_str("HEARTH_DATA_DIR", str(BASE_DIR / "var"))).resolve()
@@ -143,6 +143,9 @@ HEARTH_RELAY_TTL_SECONDS = env_int("HEARTH_RELAY_TTL_SECONDS", 600, minimum=10)
 HEARTH_WORKER_HEARTBEAT_SECONDS = env_int("HEARTH_WORKER_HEARTBEAT_SECONDS", 5, minimum=1)
 HEARTH_EMBEDDED_WORKER = env_bool("HEARTH_EMBEDDED_WORKER", not PRODUCTION)
 HEARTH_DEFAULT_BACKEND = env_str("HEARTH_DEFAULT_BACKEND")
+# When a backend cannot load a model, the next of its chain is tried (and the job says so).
+HEARTH_FALLBACK_CHAINS = env_json("HEARTH_FALLBACK_CHAINS", {"llamacpp": ["torch"], "torch": ["llamacpp"],
+                                                             "mlx": ["torch"]})
 HEARTH_ADMIN_SECRET_FILE = Path(env_str("HEARTH_ADMIN_SECRET_FILE", str(DATA_DIR / "admin-credentials.txt")))
 
 LOGGING = {

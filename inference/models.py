@@ -78,10 +78,13 @@ class GenerationJob(models.Model):
     model = models.ForeignKey(LocalModel, null=True, on_delete=models.SET_NULL, related_name="jobs")
     model_name = models.CharField(max_length=128)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="generation_jobs")
+    api_key = models.ForeignKey("api.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.CHAT)
     request = models.JSONField(default=dict)
     status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.QUEUED, db_index=True)
     backend = models.CharField(max_length=16, blank=True)
+    # Backends tried before the one that served, each {"backend": name, "reason": why it could not}.
+    fallbacks = models.JSONField(default=list, blank=True)
     output_text = models.TextField(blank=True)
     finish_reason = models.CharField(max_length=16, blank=True)
     prompt_tokens = models.IntegerField(default=0)

@@ -14,10 +14,11 @@ from django.db import close_old_connections
 from django.utils import timezone
 
 from inference.engine.base import EngineError
-from inference.engine.registry import ModelCache, choose_backend
+from inference.engine.registry import ModelCache
 from inference.models import GenerationJob, JobStatus
 from inference.relay import get_relay
-from inference.specs import model_spec, request_from_json
+from inference.selection import select_and_load
+from inference.specs import request_from_json
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +62,9 @@ def run_generation_job(job_id: str, hostname: str = "") -> None:
         if job.model is None:
             raise EngineError(f"The model {job.model_name!r} was deleted from the library.",
                               code="model_not_found", status=404)
-        backend = choose_backend(
-            job.model.format, job.request.get("backend"), job.model.backend, settings.HEARTH_DEFAULT_BACKEND
-        )
-        fields["backend"] = backend
-        loaded = MODEL_CACHE.get(backend, model_spec(job.model))
+        selection = select_and_load(MODEL_CACHE, job.model, job.request.get("backend"))
+        backend, loaded = selection.backend, selection.loaded
+        fields.update(backend=backend, fallbacks=selection.fallbacks)
         events = loaded.generate(request_from_json(job.request), should_stop=lambda: relay.is_cancelled(str(job.id)))
         for event in events:
             if event.kind == "done":
@@ -84,7 +83,7 @@ def run_generation_job(job_id: str, hostname: str = "") -> None:
                 text_parts.append(event.text)
             payload = event.to_dict()
             if event.kind == "started":
-                payload["backend"] = backend
+                payload.update(backend=backend, fallbacks=selection.fallbacks)
             publisher.publish(payload)
         else:
             raise EngineError("The backend ended without a result.", code="backend_error")

@@ -74,7 +74,7 @@ def model_import(path: str | Path, *, name: str | None = None, backend: str = ""
 
 def generation_start(
     *, owner, model: LocalModel, request: GenerationRequest, kind: str = GenerationJob.Kind.CHAT,
-    backend: str | None = None,
+    backend: str | None = None, api_key=None,
 ) -> GenerationJob:
     """Queue a generation. Refuses with 503 when no worker is alive and 429 when the queue is full."""
     if not get_presence().live_workers():
@@ -89,7 +89,7 @@ def generation_start(
     if backend:
         payload["backend"] = backend
     job = GenerationJob.objects.create(
-        owner=owner, model=model, model_name=model.name, kind=kind, request=payload
+        owner=owner, api_key=api_key, model=model, model_name=model.name, kind=kind, request=payload
     )
     job_id = str(job.id)
     transaction.on_commit(lambda: _send_generation_task(job_id))

@@ -10,6 +10,7 @@ from ninja import Router
 
 from api.auth import ApiKeyAuth
 from api.errors import error_response
+from api.limits import check_concurrency
 from api.schemas import openai as oa
 from api.streaming import JobEvents, JobOutcome, collect, error_event_response, now, sse_response
 from inference import selectors
@@ -39,10 +40,13 @@ async def _start(request: HttpRequest, body, kind: str):
     model, missing = await sync_to_async(_model_or_404)(body.model)
     if missing:
         return None, missing
+    over_limit = await sync_to_async(check_concurrency)(request.auth)
+    if over_limit is not None:
+        return None, over_limit
     try:
         job = await sync_to_async(generation_start)(
             owner=request.auth.owner, model=model, request=body.to_generation_request(), kind=kind,
-            backend=getattr(body, "backend", None),
+            backend=getattr(body, "backend", None), api_key=request.auth,
         )
     except EngineError as error:
         return None, _engine_error_response(error)
@@ -58,7 +62,12 @@ def _model_card(model) -> dict[str, Any]:
 
 
 def _hearth_headers(first: dict[str, Any]) -> dict[str, str]:
-    return {"x-hearth-backend": first.get("backend", "")} if first.get("backend") else {}
+    """x-hearth-backend: the backend that serves; x-hearth-fallback: those tried before it, and why not."""
+    headers = {"x-hearth-backend": first["backend"]} if first.get("backend") else {}
+    if first.get("fallbacks"):
+        headers["x-hearth-fallback"] = "; ".join(
+            f"{step['backend']}: {step['reason']}" for step in first["fallbacks"])[:1000]
+    return headers
 
 
 @router.get("/models", response=oa.ModelList, summary="List models")
