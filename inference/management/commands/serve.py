@@ -18,6 +18,9 @@ class Command(BaseCommand):
             from inference.embedded import start_embedded_worker
 
             start_embedded_worker()
-        self.stdout.write(f"Hearth is serving on http://{host}:{port}/", ending="\n")
+        login = ""
+        if settings.HEARTH_ADMIN_SECRET_FILE.exists():
+            login = f" Log in as admin; the password is in {settings.HEARTH_ADMIN_SECRET_FILE}."
+        self.stdout.write(f"Hearth is serving on http://{host}:{port}/ .{login}", ending="\n")
         self.stdout.flush()
         CommandLineInterface().run(["-b", host, "-p", str(port), "--proxy-headers", "config.asgi:application"])
