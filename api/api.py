@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, JsonResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError
 from ninja.errors import ValidationError as NinjaValidationError
 
+from api.auth import Refused, body_too_large
 from api.errors import error_response
-from api.routers import health, openai
+from api.routers import admin, health, openai
 from api.schemas.openai import validation_error_to_openai
 
 api = NinjaAPI(
@@ -44,5 +48,28 @@ def on_http_error(request: HttpRequest, exc: HttpError):
     return error_response(str(exc), status=exc.status_code)
 
 
+@api.exception_handler(Refused)
+def on_refused(request: HttpRequest, exc: Refused):
+    """Size (413), rate limit (429) and permission (403) refusals carry their response."""
+    return exc.response
+
+
+@api.exception_handler(RequestDataTooBig)
+def on_body_too_large(request: HttpRequest, exc: RequestDataTooBig):
+    """Django's own DATA_UPLOAD_MAX_MEMORY_SIZE, when it is below HEARTH_MAX_BODY_BYTES or the length was unknown."""
+    from django.conf import settings
+
+    return body_too_large(settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
+
+
+@api.exception_handler(Exception)
+def on_unexpected_error(request: HttpRequest, exc: Exception):
+    """Whatever else goes wrong still answers in OpenAI's envelope; the traceback goes to the log."""
+    logging.getLogger("api").error("unhandled error on %s", request.path, exc_info=exc)
+    return error_response(f"Internal error: {type(exc).__name__}. The server log has the details.", status=500,
+                          code="internal_error")
+
+
+api.add_router("/v1/admin", admin.router)
 api.add_router("/v1", openai.router)
 api.add_router("", health.router)

@@ -50,6 +50,11 @@ class ApiKey(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    # Limits; empty means no limit. Set by an admin (Django admin), not by the key's owner.
+    requests_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Requests this key may make per minute; empty: no limit.")
+    max_concurrent_jobs = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Generations this key may have queued or running at once; empty: no limit.")
 
     objects = ApiKeyManager()
 
@@ -63,3 +68,13 @@ class ApiKey(models.Model):
     @property
     def is_active(self) -> bool:
         return self.revoked_at is None
+
+    def revoke(self) -> None:
+        if self.revoked_at is None:
+            self.revoked_at = timezone.now()
+            type(self).objects.filter(pk=self.pk, revoked_at__isnull=True).update(revoked_at=self.revoked_at)
+
+    @property
+    def display(self) -> str:
+        """How the key is shown once issued: its public prefix only."""
+        return f"{KEY_PREFIX}_{self.prefix}_…"

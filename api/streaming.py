@@ -34,6 +34,7 @@ class JobOutcome:
     backend: str = ""
     error: dict[str, Any] | None = None
     timings: dict[str, Any] = field(default_factory=dict)
+    logprobs: list[dict[str, Any]] = field(default_factory=list)  # per token, when the request asked for them
 
     def apply(self, event: dict[str, Any]) -> None:
         kind = event["kind"]
@@ -43,6 +44,7 @@ class JobOutcome:
         elif kind == "token":
             self.text += event.get("text", "")
             self.completion_tokens += 1
+            self.logprobs.extend(event.get("logprobs") or ())
         elif kind == "done":
             self.finish_reason = event.get("finish_reason") or "stop"
             self.prompt_tokens = event.get("prompt_tokens", self.prompt_tokens)
@@ -91,6 +93,47 @@ class JobEvents:
         async for index, event in self._events:
             yield index, event
 
+    async def cancel(self) -> None:
+        await cancel_job(self.job_id)
+
+
+class ChoiceEvents:
+    """The events of n jobs (one per choice, for `n` > 1) merged as they come; each event gets its "choice".
+
+    Their indexes are renumbered 1, 2, ... in the merged order (a merged stream is not resumable by index).
+    """
+
+    def __init__(self, streams: list[JobEvents]):
+        self.streams = streams
+
+    async def __aiter__(self) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def pump(choice: int, stream: JobEvents) -> None:
+            try:
+                async for _index, event in stream:
+                    await queue.put({**event, "choice": choice})
+            finally:
+                await queue.put(None)
+
+        tasks = [asyncio.create_task(pump(i, stream)) for i, stream in enumerate(self.streams)]
+        open_streams, index = len(tasks), 0
+        try:
+            while open_streams:
+                event = await queue.get()
+                if event is None:
+                    open_streams -= 1
+                    continue
+                index += 1
+                yield index, event
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def cancel(self) -> None:
+        for stream in self.streams:
+            await stream.cancel()
+
 
 async def collect(events: JobEvents) -> JobOutcome:
     outcome = JobOutcome()
@@ -100,29 +143,34 @@ async def collect(events: JobEvents) -> JobOutcome:
 
 
 def sse_response(
-    events: JobEvents, render: Callable[[int, dict[str, Any], JobOutcome], list[dict[str, Any]]],
+    events: JobEvents | ChoiceEvents, render: Callable[[int, dict[str, Any], JobOutcome], list[dict[str, Any]]],
     *, headers: dict[str, str] | None = None,
 ) -> StreamingHttpResponse:
-    """Stream `render(index, event, outcome)`'s chunks as SSE; a client that goes away cancels the job."""
+    """Stream `render(index, event, outcome)`'s chunks as SSE; a client that goes away cancels the job(s).
+
+    `outcome` is that of the event's choice. An error event ends the stream (then [DONE]) and cancels the
+    other choices' jobs."""
 
     async def body() -> AsyncIterator[str]:
-        outcome = JobOutcome()
-        finished = False
+        outcomes: dict[int, JobOutcome] = {}
+        finished = failed = False
         try:
             async for index, event in events:
+                outcome = outcomes.setdefault(event.get("choice", 0), JobOutcome())
                 outcome.apply(event)
                 if event["kind"] == "error":
                     payload = error_payload(event.get("message", "Generation failed."),
                                             status=event.get("status", 500), code=event.get("code"))
                     yield f"id: {index}\ndata: {json.dumps(payload)}\n\n"
+                    failed = True
                     break
                 for chunk in render(index, event, outcome):
                     yield f"id: {index}\ndata: {json.dumps(chunk, separators=(',', ':'))}\n\n"
             finished = True
             yield "data: [DONE]\n\n"
         finally:
-            if not finished:
-                await asyncio.shield(cancel_job(events.job_id))
+            if not finished or (failed and isinstance(events, ChoiceEvents)):
+                await asyncio.shield(events.cancel())
 
     response = StreamingHttpResponse(body(), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"

@@ -146,6 +146,11 @@ HEARTH_DEFAULT_BACKEND = env_str("HEARTH_DEFAULT_BACKEND")
 # When a backend cannot load a model, the next of its chain is tried (and the job says so).
 HEARTH_FALLBACK_CHAINS = env_json("HEARTH_FALLBACK_CHAINS", {"llamacpp": ["torch"], "torch": ["llamacpp"],
                                                              "mlx": ["torch"]})
+# Request bodies over this are refused with 413 (API) before they are read.
+HEARTH_MAX_BODY_BYTES = env_bytes("HEARTH_MAX_BODY_BYTES", 16 * 1024**2)
+DATA_UPLOAD_MAX_MEMORY_SIZE = HEARTH_MAX_BODY_BYTES
+# Model uploads arrive in chunks of a few MiB; this caps the whole file.
+HEARTH_MAX_UPLOAD_BYTES = env_bytes("HEARTH_MAX_UPLOAD_BYTES", 64 * 1024**3)
 HEARTH_ADMIN_SECRET_FILE = Path(env_str("HEARTH_ADMIN_SECRET_FILE", str(DATA_DIR / "admin-credentials.txt")))
 
 LOGGING = {

@@ -73,6 +73,7 @@ class GenerationJob(models.Model):
     class Kind(models.TextChoices):
         CHAT = "chat"
         COMPLETION = "completion"
+        EMBEDDING = "embedding"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     model = models.ForeignKey(LocalModel, null=True, on_delete=models.SET_NULL, related_name="jobs")

@@ -52,6 +52,9 @@ def run_generation_job(job_id: str, hostname: str = "") -> None:
     job = _claim(job_id, hostname)
     if job is None:
         return
+    if job.kind == GenerationJob.Kind.EMBEDDING:
+        run_embedding_job(job)
+        return
     relay = get_relay()
     publisher = relay.publisher(str(job.id))
     text_parts: list[str] = []
@@ -93,4 +96,30 @@ def run_generation_job(job_id: str, hostname: str = "") -> None:
     GenerationJob.objects.filter(id=job.id).update(
         output_text="".join(text_parts), finished_at=timezone.now(), **fields
     )
+    publisher.publish(terminal)
+
+
+def run_embedding_job(job: GenerationJob) -> None:
+    """An embedding job: "started", then "done" carrying the vectors (request {"input": [texts]})."""
+    from inference.engine.embeddings import CACHE_NAME, LlamaCppEmbeddingModel
+    from inference.specs import model_spec
+
+    relay = get_relay()
+    publisher = relay.publisher(str(job.id))
+    fields: dict[str, Any] = {"backend": "llamacpp"}
+    try:
+        if job.model is None:
+            raise EngineError(f"The model {job.model_name!r} was deleted from the library.",
+                              code="model_not_found", status=404)
+        spec = model_spec(job.model)
+        loaded = MODEL_CACHE.get(CACHE_NAME, spec, load=lambda: LlamaCppEmbeddingModel(spec))
+        publisher.publish({"kind": "started", "backend": "llamacpp", "prompt_tokens": 0})
+        result = loaded.embed(job.request.get("input") or [], should_stop=lambda: relay.is_cancelled(str(job.id)))
+        fields.update(status=JobStatus.SUCCEEDED, finish_reason="stop", prompt_tokens=result.prompt_tokens)
+        terminal = {"kind": "done", "finish_reason": "stop", "prompt_tokens": result.prompt_tokens,
+                    "completion_tokens": 0, "embeddings": result.vectors, "dimensions": loaded.dimensions}
+    except Exception as error:
+        failure_fields, terminal = _failure(error, "llamacpp")
+        fields.update(failure_fields)
+    GenerationJob.objects.filter(id=job.id).update(finished_at=timezone.now(), **fields)
     publisher.publish(terminal)

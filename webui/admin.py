@@ -1,17 +1,27 @@
 from django.contrib import admin
 
-from webui.models import Conversation, Message
+from webui.models import Conversation, Message, Upload
 
 
 class MessageInline(admin.TabularInline):
     model = Message
     extra = 0
-    fields = ("role", "content", "job", "created_at")
+    fields = ("role", "content", "parent", "job", "created_at")
     readonly_fields = ("created_at",)
+    raw_id_fields = ("parent", "job")
+    fk_name = "conversation"
 
 
 @admin.register(Conversation)
 class ConversationAdmin(admin.ModelAdmin):
     list_display = ("title", "owner", "model", "updated_at")
     search_fields = ("title", "owner__username")
+    raw_id_fields = ("leaf",)
     inlines = [MessageInline]
+
+
+@admin.register(Upload)
+class UploadAdmin(admin.ModelAdmin):
+    list_display = ("filename", "name", "owner", "status", "received", "size", "created_at")
+    list_filter = ("status",)
+    readonly_fields = ("received",)

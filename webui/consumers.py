@@ -1,9 +1,15 @@
 """The chat websocket: send a message, stream the reply from the relay, stop it, resume after a drop.
 
-Client → server: {"type": "send", "conversation": id|null, "model": name, "content": text}
-                 {"type": "stop", "job": id}
-                 {"type": "resume", "job": id, "after": index}
-Server → client: {"type": "accepted", "conversation": id, "message": id, "job": id}
+Client → server: {"type": "send", "conversation": id|null, "model": name, "content": text,
+                  "system_prompt": text (optional), "sampling": {"temperature": 0.7, ...} (optional)}
+                 {"type": "regenerate", "message": reply id, "model": name}  (a new version of a reply)
+                 {"type": "edit", "message": user message id, "content": text, "model": name}  (a new version)
+                 {"type": "complete", "model": name, "prompt": text, "sampling": {...}}  (the playground)
+                 {"type": "stop", "job": id}  (the job's owner, or an admin)
+                 {"type": "resume", "job": id, "after": index}  (the job's owner, or an admin: the jobs page)
+Server → client: {"type": "accepted", "conversation": id, "title": text, "message": reply id, "job": id,
+                  "user_message": id (send and edit), "versions": {"index", "count", "prev", "next"} of
+                  the reply (regenerate) or of the user message (edit)}
                  {"type": "event", "job": id, "index": n, "event": {...relay event...}}
                  {"type": "error", "message": text, "code": code}
 """
@@ -17,13 +23,21 @@ import uuid
 from asgiref.sync import sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from inference.engine.base import EngineError
+from inference.engine.base import EngineError, GenerationRequest
 from inference.models import GenerationJob
 from inference.relay import get_relay
 from inference.selectors import model_by_name
-from inference.services import generation_cancel
+from inference.services import generation_cancel, generation_start
 from webui.models import Conversation, Message
-from webui.services import chat_send, reply_settle
+from webui.services import (
+    chat_edit,
+    chat_regenerate,
+    chat_send,
+    conversation_tree,
+    reply_settle,
+    request_options,
+    sampling_clean,
+)
 
 log = logging.getLogger(__name__)
 MAX_MESSAGE_CHARS = 200_000
@@ -44,7 +58,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             task.cancel()
 
     async def receive_json(self, content, **kwargs) -> None:
-        handlers = {"send": self.on_send, "stop": self.on_stop, "resume": self.on_resume}
+        handlers = {"send": self.on_send, "stop": self.on_stop, "resume": self.on_resume,
+                    "regenerate": self.on_regenerate, "edit": self.on_edit, "complete": self.on_complete}
         handler = handlers.get(content.get("type") if isinstance(content, dict) else None)
         if handler is None:
             await self.send_json({"type": "error", "code": "bad_message", "message": "Unknown message type."})
@@ -54,29 +69,80 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         except EngineError as error:
             await self.send_json({"type": "error", "code": error.code, "message": error.message})
 
-    async def on_send(self, content: dict) -> None:
-        text = str(content.get("content", ""))
+    async def _model(self, content: dict):
+        model = await sync_to_async(model_by_name)(str(content.get("model", "")))
+        if model is None:
+            raise EngineError("Pick a model from the list first.", code="model_not_found", status=404)
+        return model
+
+    @staticmethod
+    def _text(content: dict, key: str = "content") -> str:
+        text = str(content.get(key, ""))
         if not text.strip():
             raise EngineError("Write a message first.", code="empty_message", status=400)
         if len(text) > MAX_MESSAGE_CHARS:
             raise EngineError(f"A message can have at most {MAX_MESSAGE_CHARS} characters.", code="too_long")
-        model = await sync_to_async(model_by_name)(str(content.get("model", "")))
-        if model is None:
-            raise EngineError("Pick a model from the list first.", code="model_not_found", status=404)
+        return text
+
+    async def on_send(self, content: dict) -> None:
+        text = self._text(content)
+        model = await self._model(content)
         conversation = None
         if content.get("conversation"):
             conversation = await Conversation.objects.filter(
-                owner=self.user, pk=int(content["conversation"])
+                owner=self.user, pk=_int(content["conversation"])
             ).afirst()
             if conversation is None:
                 raise EngineError("That conversation does not exist.", code="not_found", status=404)
-        conversation, reply, job = await sync_to_async(chat_send)(
-            owner=self.user, conversation=conversation, model=model, content=text
+        system_prompt = content.get("system_prompt")
+        conversation, user_message, reply, job = await sync_to_async(chat_send)(
+            owner=self.user, conversation=conversation, model=model, content=text,
+            system_prompt=None if system_prompt is None else str(system_prompt), sampling=content.get("sampling"),
         )
         await self.send_json(
             {"type": "accepted", "conversation": conversation.pk, "title": conversation.title,
-             "message": reply.pk, "job": str(job.id)}
+             "user_message": user_message.pk, "message": reply.pk, "job": str(job.id)}
         )
+        self.stream(str(job.id), after=0)
+
+    async def _own_message(self, content: dict) -> Message:
+        message = await Message.objects.select_related("conversation", "parent").filter(
+            conversation__owner=self.user, pk=_int(content.get("message"))
+        ).afirst()
+        if message is None:
+            raise EngineError("That message does not exist.", code="not_found", status=404)
+        return message
+
+    async def on_regenerate(self, content: dict) -> None:
+        message = await self._own_message(content)
+        model = await self._model(content)
+        reply, job = await sync_to_async(chat_regenerate)(owner=self.user, reply=message, model=model)
+        versions = await sync_to_async(lambda: conversation_tree(message.conversation).versions(reply.pk))()
+        await self.send_json({"type": "accepted", "conversation": message.conversation_id,
+                              "title": message.conversation.title, "message": reply.pk, "job": str(job.id),
+                              "versions": versions})
+        self.stream(str(job.id), after=0)
+
+    async def on_edit(self, content: dict) -> None:
+        message = await self._own_message(content)
+        text = self._text(content)
+        model = await self._model(content)
+        edited, reply, job = await sync_to_async(chat_edit)(owner=self.user, message=message, content=text,
+                                                            model=model)
+        versions = await sync_to_async(lambda: conversation_tree(message.conversation).versions(edited.pk))()
+        await self.send_json({"type": "accepted", "conversation": message.conversation_id,
+                              "title": message.conversation.title, "user_message": edited.pk,
+                              "message": reply.pk, "job": str(job.id), "versions": versions})
+        self.stream(str(job.id), after=0)
+
+    async def on_complete(self, content: dict) -> None:
+        prompt = self._text(content, "prompt")
+        model = await self._model(content)
+        sampling, max_tokens = request_options(sampling_clean(content.get("sampling")))
+        request = GenerationRequest(prompt=prompt, sampling=sampling, max_tokens=max_tokens or 256)
+        job = await sync_to_async(generation_start)(owner=self.user, model=model, request=request,
+                                                    kind=GenerationJob.Kind.COMPLETION)
+        await self.send_json({"type": "accepted", "job": str(job.id)})
         self.stream(str(job.id), after=0)
 
     async def on_stop(self, content: dict) -> None:
@@ -89,7 +155,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def _own_job(self, job_id) -> GenerationJob:
         try:
-            return await GenerationJob.objects.aget(pk=uuid.UUID(str(job_id)), owner=self.user)
+            jobs = GenerationJob.objects.all() if self.user.is_staff else GenerationJob.objects.filter(owner=self.user)
+            return await jobs.aget(pk=uuid.UUID(str(job_id)))
         except (ValueError, GenerationJob.DoesNotExist):
             raise EngineError("No such job.", code="not_found", status=404) from None
 
@@ -103,6 +170,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         try:
             async for index, event in get_relay().subscribe(job_id, after):
                 await self.send_json({"type": "event", "job": job_id, "index": index, "event": event})
+                if event.get("kind") == "started" and event.get("dropped_messages"):
+                    await Message.objects.filter(job_id=job_id).aupdate(
+                        dropped_messages=int(event["dropped_messages"]))
             await self._settle(job_id)
         except asyncio.CancelledError:
             raise
@@ -115,3 +185,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     def _settle(self, job_id: str) -> None:
         for message in Message.objects.select_related("job").filter(job_id=job_id):
             reply_settle(message)
+
+
+def _int(value) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise EngineError("Expected a number.", code="bad_message", status=400) from None

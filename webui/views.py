@@ -1,12 +1,22 @@
-"""Server-rendered pages: the chat, the model library."""
+"""Server-rendered pages: the chat, the playground, the model library."""
 
 from __future__ import annotations
 
+import json
+import re
+from functools import wraps
+
 from django.contrib import messages as flash
 from django.contrib.admin.views.decorators import staff_member_required
+from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
-from django.http import Http404
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import Count, Max, Q
+from django.http import Http404, JsonResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.http import require_POST
 
 from inference import selectors as inference_selectors
@@ -14,41 +24,113 @@ from inference.conversions import GGUF_TYPES, conversion_start
 from inference.engine.base import EngineError
 from inference.engine.chat_template import conventional_template
 from inference.engine.registry import choose_backend
+from inference.models import FINISHED_STATUSES, GenerationJob, JobStatus
+from inference.services import generation_cancel
 from inference.specs import effective_context
-from webui import selectors
-from webui.services import message_text
+from webui import selectors, services, uploads
+from webui.models import Upload
 
 RECENT_MESSAGES = 50
+SAMPLING_FORM_FIELDS = ("temperature", "top_p", "top_k", "max_tokens", "seed")
 
 
 @login_required
 def chat(request, conversation_id: int | None = None):
     conversation = selectors.conversation_for(request.user, conversation_id) if conversation_id else None
-    messages = []
+    messages, has_more = [], False
     if conversation is not None:
-        recent = list(conversation.messages.select_related("job").order_by("-id")[:RECENT_MESSAGES])[::-1]
-        messages = [
-            {"id": m.pk, "role": m.role, "text": message_text(m), "job": str(m.job_id) if m.job_id else "",
-             "status": m.job.status if m.job else "", "finished": m.job.is_finished if m.job else True}
-            for m in recent
-        ]
+        messages, has_more = services.thread_page(conversation, limit=RECENT_MESSAGES)
     models = list(inference_selectors.model_list())
     selected = conversation.model.name if conversation and conversation.model else (models[0].name if models else "")
+    search = request.GET.get("q", "")[:200]
+    sampling = {**services.DEFAULT_SAMPLING, **(conversation.sampling if conversation else {})}
     return render(request, "webui/chat.html", {
         "conversation": conversation,
-        "conversations": selectors.conversations_for(request.user)[:100],
+        "conversations": selectors.conversations_for(request.user, search)[:200],
+        "search": search,
         "chat_messages": messages,
+        "has_more": has_more,
         "models": models,
         "selected_model": selected,
+        "sampling": sampling,
     })
 
 
 @login_required
+def conversation_older(request, conversation_id: int):
+    """The page asks for older messages as the reader scrolls up: JSON, `before` a message id."""
+    conversation = selectors.conversation_for(request.user, conversation_id)
+    before = request.GET.get("before", "")
+    if not before.isdigit():
+        return JsonResponse({"error": {"message": "Pass before=<message id>."}}, status=400)
+    messages, has_more = services.thread_page(conversation, before=int(before), limit=RECENT_MESSAGES)
+    return JsonResponse({"messages": messages, "has_more": has_more})
+
+
+@require_POST
+@login_required
+def conversation_rename(request, conversation_id: int):
+    conversation = selectors.conversation_for(request.user, conversation_id)
+    title = request.POST.get("title", "").strip()[:200]
+    if title:
+        conversation.title = title
+        conversation.save(update_fields=["title", "updated_at"])
+    return redirect("webui:conversation", conversation.pk)
+
+
+@require_POST
+@login_required
+def conversation_delete(request, conversation_id: int):
+    conversation = selectors.conversation_for(request.user, conversation_id)
+    conversation.delete()
+    flash.success(request, f"Deleted “{conversation.title}”.")
+    return redirect("webui:chat")
+
+
+@require_POST
+@login_required
+def conversation_settings(request, conversation_id: int):
+    conversation = selectors.conversation_for(request.user, conversation_id)
+    sampling = {name: request.POST.get(name, "") for name in SAMPLING_FORM_FIELDS}
+    model = inference_selectors.model_by_name(request.POST.get("model", "")) if request.POST.get("model") else None
+    try:
+        services.conversation_settings_save(conversation, system_prompt=request.POST.get("system_prompt", ""),
+                                            sampling=sampling, model=model)
+    except EngineError as error:
+        flash.error(request, error.message)
+    else:
+        flash.success(request, "Saved the conversation's settings.")
+    return redirect("webui:conversation", conversation.pk)
+
+
+@require_POST
+@login_required
+def version_show(request, conversation_id: int, message_id: int):
+    conversation = selectors.conversation_for(request.user, conversation_id)
+    try:
+        services.version_select(conversation, message_id)
+    except EngineError as error:
+        raise Http404(error.message) from None
+    return redirect(f"{reverse('webui:conversation', args=[conversation.pk])}#m{message_id}")
+
+
+@login_required
+def playground(request):
+    models = list(inference_selectors.model_list())
+    return render(request, "webui/playground.html", {"models": models})
+
+
+@login_required
 def model_library(request):
-    models = inference_selectors.model_list()
+    models = inference_selectors.model_list().annotate(
+        running_jobs=Count("jobs", filter=Q(jobs__status=JobStatus.RUNNING)), last_used=Max("jobs__finished_at"))
     rows = [{"model": m, "backend": choose_backend(m.format, m.backend), "context": effective_context(m)}
             for m in models]
-    return render(request, "webui/models.html", {"rows": rows})
+    unfinished = (Upload.objects.filter(owner=request.user, status=Upload.Status.RECEIVING)[:20]
+                  if request.user.is_staff else [])
+    return render(request, "webui/models.html", {"rows": rows, "unfinished": unfinished,
+                                                 "max_upload": uploads.max_upload_bytes(),
+                                                 "chunk_bytes": min(4 * 1024**2, uploads.MAX_CHUNK_BYTES)})
 
 
 @login_required
@@ -86,3 +168,194 @@ def model_convert(request, name: str):
     else:
         flash.success(request, f"Converting {model.name} to {target}; the result joins the library when done.")
     return redirect("webui:model_detail", name=model.name)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Model uploads and deletes: admins only. Members get a 403 and see no controls.
+
+
+def admin_required(view):
+    @login_required
+    @wraps(view)
+    def wrapped(request, *args, **kwargs):
+        if not request.user.is_staff:
+            raise PermissionDenied("Only admins can change the model library.")
+        return view(request, *args, **kwargs)
+
+    return wrapped
+
+
+def _error(error: EngineError) -> JsonResponse:
+    return JsonResponse({"error": {"message": error.message, "code": error.code}}, status=error.status or 400)
+
+
+def _upload_json(upload: Upload) -> dict:
+    return {"id": str(upload.id), "filename": upload.filename, "name": upload.name, "size": upload.size,
+            "received": upload.received, "status": upload.status, "error": upload.error_text}
+
+
+def _own_upload(request, upload_id) -> Upload:
+    upload = Upload.objects.filter(pk=upload_id).first()
+    if upload is None or upload.owner_id != request.user.id:
+        raise Http404("No such upload.")
+    return upload
+
+
+@require_POST
+@admin_required
+def upload_create(request):
+    try:
+        data = json.loads(request.body or b"{}")
+        size = int(data.get("size", 0))
+    except (ValueError, TypeError, AttributeError):
+        return JsonResponse({"error": {"message": "Send JSON: {filename, size, name}.", "code": "bad_request"}},
+                            status=400)
+    try:
+        upload = uploads.upload_start(owner=request.user, filename=str(data.get("filename", "")), size=size,
+                                      name=str(data.get("name") or ""))
+    except EngineError as error:
+        return _error(error)
+    return JsonResponse(_upload_json(upload), status=201)
+
+
+@csrf_protect
+@admin_required
+def upload_detail(request, upload_id):
+    """GET: how far it got. PUT ?offset=N: the next chunk, raw bytes. DELETE: give up."""
+    upload = _own_upload(request, upload_id)
+    if request.method == "GET":
+        return JsonResponse(_upload_json(upload))
+    if request.method == "DELETE":
+        uploads.upload_cancel(upload)
+        return JsonResponse({"deleted": True})
+    if request.method != "PUT":
+        return JsonResponse({"error": {"message": "Use GET, PUT or DELETE.", "code": "method"}}, status=405)
+    offset = request.GET.get("offset", "")
+    length = int(request.headers.get("Content-Length") or 0)
+    if not offset.isdigit():
+        return JsonResponse({"error": {"message": "Pass ?offset=<byte>.", "code": "bad_request"}}, status=400)
+    if length > uploads.MAX_CHUNK_BYTES:
+        return JsonResponse({"error": {"message": f"A chunk can have at most {uploads.MAX_CHUNK_BYTES} bytes.",
+                                       "code": "too_large"}}, status=413)
+    data = request.read(uploads.MAX_CHUNK_BYTES + 1)
+    try:
+        upload = uploads.upload_chunk(upload, int(offset), data)
+    except EngineError as error:
+        response = _error(error)
+        if error.code == "wrong_offset":
+            response = JsonResponse({**json.loads(response.content), **_upload_json(upload)}, status=409)
+        return response
+    return JsonResponse(_upload_json(upload))
+
+
+@require_POST
+@admin_required
+def upload_finish(request, upload_id):
+    upload = _own_upload(request, upload_id)
+    try:
+        model = uploads.upload_finish(upload)
+    except EngineError as error:
+        return _error(error)
+    return JsonResponse({**_upload_json(upload), "model": model.name,
+                         "url": reverse("webui:model_detail", args=[model.name])})
+
+
+@require_POST
+@admin_required
+def model_delete(request, name: str):
+    model = inference_selectors.model_by_name(name)
+    if model is None:
+        raise Http404("No such model.")
+    uploads.model_delete(model)
+    flash.success(request, f"Deleted {name} from the library.")
+    return redirect("webui:models")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Jobs: queued ones with their place in line, running ones live (the page follows them over the chat socket),
+# finished ones with timings. Members see their own; admins see everyone's. Owners and admins cancel.
+
+
+@login_required
+def jobs(request):
+    mine = inference_selectors.jobs_for(request.user).defer("request", "output_text")
+    line = GenerationJob.objects.filter(status=JobStatus.QUEUED).order_by("created_at").values_list("id", flat=True)
+    position = {job_id: at for at, job_id in enumerate(line, start=1)}
+    queued = list(mine.filter(status=JobStatus.QUEUED).order_by("created_at")[:200])
+    for job in queued:
+        job.position = position.get(job.id)
+    context = {
+        "queued": queued,
+        "running": list(mine.filter(status=JobStatus.RUNNING).order_by("started_at")),
+        "finished": list(mine.filter(status__in=FINISHED_STATUSES).order_by("-finished_at")[:50]),
+        "queue_length": len(position),
+    }
+    template = "webui/_jobs_tables.html" if request.GET.get("partial") else "webui/jobs.html"
+    return render(request, template, context)
+
+
+@require_POST
+@login_required
+def job_cancel(request, job_id):
+    job = inference_selectors.jobs_for(request.user).filter(pk=job_id).first()
+    if job is None:
+        raise Http404("No such job.")
+    if not job.is_finished:
+        generation_cancel(job)
+        flash.success(request, "Cancelled the job.")
+    return redirect("webui:jobs")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Users: admins create users, set roles (admin = is_staff, member) and deactivate them.
+
+ROLES = {"admin": True, "member": False}
+
+
+@admin_required
+def users(request):
+    User = get_user_model()
+    if request.method == "POST":
+        action = request.POST.get("action", "")
+        try:
+            if action == "create":
+                _user_create(User, request.POST)
+                flash.success(request, f"Created {request.POST.get('username', '').strip()}.")
+            elif action == "update":
+                target = User.objects.filter(pk=request.POST.get("user", "")).first() if request.POST.get(
+                    "user", "").isdigit() else None
+                if target is None:
+                    raise Http404("No such user.")
+                _user_update(request.user, target, request.POST)
+                flash.success(request, f"Saved {target.username}.")
+            else:
+                flash.error(request, "Unknown action.")
+        except ValidationError as error:
+            flash.error(request, " ".join(error.messages))
+        return redirect("webui:users")
+    return render(request, "webui/users.html", {"people": User.objects.order_by("username")})
+
+
+def _user_create(User, data) -> None:
+    username = data.get("username", "").strip()
+    password = data.get("password", "")
+    if not username or not re.fullmatch(r"[\w.@+-]{1,150}", username):
+        raise ValidationError("A username is 1-150 letters, digits and @ . + - _.")
+    if User.objects.filter(username__iexact=username).exists():
+        raise ValidationError(f"{username} already exists.")
+    if data.get("role") not in ROLES:
+        raise ValidationError("Pick a role: admin or member.")
+    candidate = User(username=username, is_staff=ROLES[data["role"]])
+    validate_password(password, candidate)
+    candidate.set_password(password)
+    candidate.save()
+
+
+def _user_update(actor, target, data) -> None:
+    role, active = data.get("role"), data.get("active") == "on"
+    if role not in ROLES:
+        raise ValidationError("Pick a role: admin or member.")
+    if target.pk == actor.pk and (not active or not ROLES[role]):
+        raise ValidationError("You cannot deactivate yourself or take away your own admin role.")
+    target.is_staff, target.is_active = ROLES[role], active
+    target.save(update_fields=["is_staff", "is_active"])

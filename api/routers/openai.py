@@ -1,7 +1,8 @@
-"""OpenAI-compatible endpoints: /v1/models, /v1/chat/completions, /v1/completions."""
+"""OpenAI-compatible endpoints: /v1/models, /v1/chat/completions, /v1/completions, /v1/embeddings."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -12,7 +13,17 @@ from api.auth import ApiKeyAuth
 from api.errors import error_response
 from api.limits import check_concurrency
 from api.schemas import openai as oa
-from api.streaming import JobEvents, JobOutcome, collect, error_event_response, now, sse_response
+from api.services import embedding_start
+from api.streaming import (
+    ChoiceEvents,
+    JobEvents,
+    JobOutcome,
+    collect,
+    error_event_response,
+    now,
+    sse_response,
+)
+from api.tools import parse_tool_calls
 from inference import selectors
 from inference.engine.base import EngineError
 from inference.models import GenerationJob
@@ -36,25 +47,85 @@ def _engine_error_response(error: EngineError):
     return error_response(error.message, status=error.status, code=error.code, headers=headers)
 
 
+def _choice_requests(body) -> list:
+    """One engine request per choice (`n`): with a seed, choice i samples with seed + i, so choices differ and
+    the whole response is reproducible; without one, each job draws its own seed."""
+    base = body.to_generation_request()
+    prompts = getattr(body, "prompt", None) or [None]  # a completion's prompts: n choices each, in order
+    n = body.n or 1
+    if n == 1 and len(prompts) == 1:
+        return [base]
+    seed = base.sampling.seed
+    requests = []
+    for prompt in prompts:
+        for i in range(n):
+            sampling = replace(base.sampling, seed=None if seed is None else (seed + i) % 2**63)
+            requests.append(replace(base, sampling=sampling, prompt=prompt if prompt is not None else base.prompt))
+    return requests
+
+
 async def _start(request: HttpRequest, body, kind: str):
+    """Queue the job(s) and wait for each one's first event: (jobs, [JobEvents], first event), or (None, error)."""
     model, missing = await sync_to_async(_model_or_404)(body.model)
     if missing:
         return None, missing
-    over_limit = await sync_to_async(check_concurrency)(request.auth)
+    try:
+        requests = _choice_requests(body)
+    except EngineError as error:  # a schema or tool list that cannot become a grammar
+        return None, error_response(error.message, status=error.status, code=error.code or "invalid_value",
+                                    param="tools" if getattr(body, "tools", None) else "response_format")
+    refused = _backend_cannot_honour(model, body, requests[0])
+    if refused is not None:
+        return None, refused
+    over_limit = await sync_to_async(check_concurrency)(request.auth, len(requests))
     if over_limit is not None:
         return None, over_limit
+    jobs, streams = [], []
     try:
-        job = await sync_to_async(generation_start)(
-            owner=request.auth.owner, model=model, request=body.to_generation_request(), kind=kind,
-            backend=getattr(body, "backend", None), api_key=request.auth,
-        )
+        for engine_request in requests:
+            jobs.append(await sync_to_async(generation_start)(
+                owner=request.auth.owner, model=model, request=engine_request, kind=kind,
+                backend=getattr(body, "backend", None), api_key=request.auth,
+            ))
     except EngineError as error:
+        for job in jobs:
+            await JobEvents(str(job.id)).cancel()
         return None, _engine_error_response(error)
-    events = JobEvents(str(job.id))
-    first = await events.wait_first()
-    if first["kind"] == "error":
-        return None, error_event_response(first)
-    return (job, events, first), None
+    firsts = []
+    for job in jobs:
+        events = JobEvents(str(job.id))
+        streams.append(events)
+        firsts.append(await events.wait_first())
+    failed = next((first for first in firsts if first["kind"] == "error"), None)
+    if failed is not None:
+        for events in streams:
+            await events.cancel()
+        return None, error_event_response(failed)
+    return (jobs, streams, firsts[0]), None
+
+
+def _backend_cannot_honour(model, body, engine_request):
+    """Grammars and log probabilities are llama.cpp's (GGUF models): 400 naming the parameter elsewhere."""
+    wanted = []
+    if getattr(engine_request, "grammar", None):
+        wanted.append("tools" if getattr(body, "tools", None) and body.tool_choice not in (None, "auto", "none")
+                      else "response_format")
+    if getattr(engine_request, "logprobs", None) is not None:
+        wanted.append("logprobs")
+    if not wanted:
+        return None
+    backend = getattr(body, "backend", None) or model.backend or ("llamacpp" if model.format == "gguf" else "")
+    if model.format == "gguf" and backend == "llamacpp":
+        return None
+    return error_response(
+        f"{wanted[0]} needs constrained decoding or log probabilities, which only the llama.cpp backend provides "
+        f"(GGUF models); {model.name!r} runs on {backend or model.format}. Convert it to GGUF or leave out "
+        f"'{wanted[0]}'.", param=wanted[0], code="unsupported_parameter")
+
+
+def _fingerprint(first: dict[str, Any]) -> str:
+    """OpenAI's system_fingerprint names the serving configuration; Hearth's is the backend that served."""
+    return f"hearth-{first.get('backend') or 'unknown'}"
 
 
 def _model_card(model) -> dict[str, Any]:
@@ -88,39 +159,69 @@ async def chat_completions(request: HttpRequest, body: oa.ChatCompletionRequest)
     started, failure = await _start(request, body, GenerationJob.Kind.CHAT)
     if failure:
         return failure
-    job, events, first = started
-    completion_id, created = f"chatcmpl-{job.id.hex}", now()
+    jobs, streams, first = started
+    completion_id, created = f"chatcmpl-{jobs[0].id.hex}", now()
     include_usage = body.include_usage()
+    fingerprint = _fingerprint(first)
 
     if not body.stream:
-        outcome = await collect(events)
-        if outcome.error:
-            return error_event_response(outcome.error)
-        payload = oa.chat_completion(completion_id, created, body.model, content=outcome.text,
-                                     finish_reason=_finish(outcome), prompt_tokens=outcome.prompt_tokens,
-                                     completion_tokens=outcome.completion_tokens)
+        outcomes = [await collect(events) for events in streams]
+        failed = next((o.error for o in outcomes if o.error), None)
+        if failed:
+            return error_event_response(failed)
+        payload = oa.chat_completion(completion_id, created, body.model, system_fingerprint=fingerprint,
+                                     content=outcomes[0].text,
+                                     finish_reason=_finish(outcomes[0]),
+                                     prompt_tokens=sum(o.prompt_tokens for o in outcomes),
+                                     completion_tokens=sum(o.completion_tokens for o in outcomes))
+        payload["choices"] = [_chat_choice(body, i, o) for i, o in enumerate(outcomes)]
+
         response = JsonResponse(payload)
         for name, value in _hearth_headers(first).items():
             response[name] = value
         return response
 
+    done: dict[int, JobOutcome] = {}
+    tools = getattr(body, "uses_tools", lambda: False)()
+
     def render(_index: int, event: dict[str, Any], outcome: JobOutcome) -> list[dict[str, Any]]:
-        kind = event["kind"]
+        kind, choice = event["kind"], event.get("choice", 0)
         if kind == "started":
-            return [oa.chat_chunk(completion_id, created, body.model, role="assistant",
+            return [oa.chat_chunk(completion_id, created, body.model, system_fingerprint=fingerprint,
+                                  role="assistant", index=choice,
                                   include_usage=include_usage)]
         if kind == "token":
-            return [oa.chat_chunk(completion_id, created, body.model, content=event.get("text", ""),
-                                  include_usage=include_usage)]
+            if tools:  # a tool call is only known whole: the text comes with the last chunk
+                return []
+            chunk = oa.chat_chunk(completion_id, created, body.model, system_fingerprint=fingerprint,
+                                  content=event.get("text", ""), index=choice, include_usage=include_usage)
+            if body.logprobs:
+                chunk["choices"][0]["logprobs"] = oa.chat_logprobs(event.get("logprobs") or [])
+            return [chunk]
         if kind == "done":
-            chunks = [oa.chat_chunk(completion_id, created, body.model, finish_reason=_finish(outcome),
-                                    include_usage=include_usage)]
-            if include_usage:
-                chunks.append(oa.usage_chunk(completion_id, created, body.model, prompt_tokens=outcome.prompt_tokens,
-                                             completion_tokens=outcome.completion_tokens))
+            done[choice] = outcome
+            chunks = []
+            finish = _finish(outcome)
+            if tools:
+                content, calls = parse_tool_calls(outcome.text, body.tools)
+                delta_chunk = oa.chat_chunk(completion_id, created, body.model, system_fingerprint=fingerprint,
+                                            content=content, index=choice, include_usage=include_usage)
+                if calls:
+                    delta_chunk["choices"][0]["delta"]["tool_calls"] = [
+                        {**call, "index": position} for position, call in enumerate(calls)]
+                    finish = "tool_calls"
+                if content is not None or calls:
+                    chunks.append(delta_chunk)
+            chunks.append(oa.chat_chunk(completion_id, created, body.model, system_fingerprint=fingerprint,
+                                        finish_reason=finish, index=choice, include_usage=include_usage))
+            if include_usage and len(done) == len(streams):
+                chunks.append(oa.usage_chunk(completion_id, created, body.model, system_fingerprint=fingerprint,
+                                             prompt_tokens=sum(o.prompt_tokens for o in done.values()),
+                                             completion_tokens=sum(o.completion_tokens for o in done.values())))
             return chunks
         return []
 
+    events = streams[0] if len(streams) == 1 else ChoiceEvents(streams)
     return sse_response(events, render, headers=_hearth_headers(first))
 
 
@@ -129,35 +230,98 @@ async def completions(request: HttpRequest, body: oa.CompletionRequest):
     started, failure = await _start(request, body, GenerationJob.Kind.COMPLETION)
     if failure:
         return failure
-    job, events, first = started
-    completion_id, created = f"cmpl-{job.id.hex}", now()
+    jobs, streams, first = started
+    completion_id, created = f"cmpl-{jobs[0].id.hex}", now()
     include_usage = body.include_usage()
+    fingerprint = _fingerprint(first)
 
     if not body.stream:
-        outcome = await collect(events)
-        if outcome.error:
-            return error_event_response(outcome.error)
-        payload = oa.completion(completion_id, created, body.model, text=outcome.text,
-                                finish_reason=_finish(outcome), prompt_tokens=outcome.prompt_tokens,
-                                completion_tokens=outcome.completion_tokens)
-        return JsonResponse(payload)
+        outcomes = [await collect(events) for events in streams]
+        failed = next((o.error for o in outcomes if o.error), None)
+        if failed:
+            return error_event_response(failed)
+        payload = oa.completion(completion_id, created, body.model, system_fingerprint=fingerprint,
+                                text=outcomes[0].text,
+                                finish_reason=_finish(outcomes[0]),
+                                prompt_tokens=sum(o.prompt_tokens for o in outcomes),
+                                completion_tokens=sum(o.completion_tokens for o in outcomes))
+        payload["choices"] = [
+            {"text": o.text, "index": i, "finish_reason": _finish(o),
+             "logprobs": oa.completion_logprobs(o.logprobs) if body.logprobs is not None else None}
+            for i, o in enumerate(outcomes)
+        ]
+        response = JsonResponse(payload)
+        for name, value in _hearth_headers(first).items():
+            response[name] = value
+        return response
+
+    done: dict[int, JobOutcome] = {}
 
     def render(_index: int, event: dict[str, Any], outcome: JobOutcome) -> list[dict[str, Any]]:
-        kind = event["kind"]
+        kind, choice = event["kind"], event.get("choice", 0)
         if kind == "token":
-            return [oa.completion_chunk(completion_id, created, body.model, text=event.get("text", ""),
-                                        include_usage=include_usage)]
+            chunk = oa.completion_chunk(completion_id, created, body.model, system_fingerprint=fingerprint,
+                                        text=event.get("text", ""), index=choice, include_usage=include_usage)
+            if body.logprobs is not None:
+                chunk["choices"][0]["logprobs"] = oa.completion_logprobs(event.get("logprobs") or [])
+            return [chunk]
         if kind == "done":
-            chunks = [oa.completion_chunk(completion_id, created, body.model, finish_reason=_finish(outcome),
-                                          include_usage=include_usage)]
-            if include_usage:
-                chunks.append(oa.completion_usage_chunk(completion_id, created, body.model,
-                                                        prompt_tokens=outcome.prompt_tokens,
-                                                        completion_tokens=outcome.completion_tokens))
+            done[choice] = outcome
+            chunks = [oa.completion_chunk(completion_id, created, body.model, system_fingerprint=fingerprint,
+                                          finish_reason=_finish(outcome),
+                                          index=choice, include_usage=include_usage)]
+            if include_usage and len(done) == len(streams):
+                chunks.append(oa.completion_usage_chunk(
+                    completion_id, created, body.model, system_fingerprint=fingerprint,
+                    prompt_tokens=sum(o.prompt_tokens for o in done.values()),
+                    completion_tokens=sum(o.completion_tokens for o in done.values())))
             return chunks
         return []
 
+    events = streams[0] if len(streams) == 1 else ChoiceEvents(streams)
     return sse_response(events, render, headers=_hearth_headers(first))
+
+
+@router.post("/embeddings", response=oa.EmbeddingList, summary="Create embeddings")
+async def embeddings(request: HttpRequest, body: oa.EmbeddingRequest):
+    """One vector per input from the model's embedding context (GGUF models, llama.cpp), run by a worker."""
+    model, missing = await sync_to_async(_model_or_404)(body.model)
+    if missing:
+        return missing
+    over_limit = await sync_to_async(check_concurrency)(request.auth, 1)
+    if over_limit is not None:
+        return over_limit
+    try:
+        job = await sync_to_async(embedding_start)(owner=request.auth.owner, model=model, inputs=body.input,
+                                                   api_key=request.auth)
+    except EngineError as error:
+        return _engine_error_response(error)
+    events = JobEvents(str(job.id))
+    result: dict[str, Any] = {}
+    async for _index, event in events:
+        if event["kind"] == "error":
+            return error_event_response(event)
+        if event["kind"] == "done":
+            result = event
+    vectors = result.get("embeddings")
+    if vectors is None:
+        return error_response("The embedding job ended without a result.", status=500, code="backend_error")
+    if body.dimensions is not None and body.dimensions != result.get("dimensions"):
+        return error_response(
+            f"This model's embeddings have {result.get('dimensions')} dimensions; it cannot shorten them to "
+            f"{body.dimensions}. Leave out 'dimensions'.", param="dimensions", code="unsupported_parameter")
+    return JsonResponse(oa.embedding_list(body.model, vectors, prompt_tokens=result.get("prompt_tokens", 0),
+                                          encoding_format=body.encoding_format))
+
+
+def _chat_choice(body, index: int, outcome: JobOutcome) -> dict[str, Any]:
+    """One whole chat choice: tool calls parsed out of the text when the request has tools, logprobs if asked."""
+    content, calls = (parse_tool_calls(outcome.text, body.tools) if body.uses_tools() else (outcome.text, []))
+    message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
+    if calls:
+        message["tool_calls"] = calls
+    return {"index": index, "message": message, "finish_reason": "tool_calls" if calls else _finish(outcome),
+            "logprobs": oa.chat_logprobs(outcome.logprobs) if body.logprobs else None}
 
 
 def _finish(outcome: JobOutcome) -> str:

@@ -17,6 +17,7 @@ shapes for the OpenAPI docs and for validating the builders in the tests.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, Literal
@@ -38,6 +39,7 @@ from inference.engine.sampling import SamplingParams
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_STOP_SEQUENCES = 4
+MAX_CHOICES = 16  # n (times the prompts of a completion): one job each
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
 
@@ -62,19 +64,9 @@ def _unsupported(message: str) -> PydanticCustomError:
 # line once the engine learns the feature; the defaults (n=1, logprobs off, no tools, text
 # format, no echo, no suffix) always pass.
 UNSUPPORTED_PARAMETERS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "n": (lambda n: n is not None and n > 1, "only n=1 is supported: one choice per request"),
     "best_of": (lambda b: b is not None and b > 1, "only best_of=1 is supported"),
-    "logprobs": (lambda v: v is not None and v is not False, "log probabilities are not supported yet"),
-    "top_logprobs": (lambda v: bool(v), "log probabilities are not supported yet"),
-    "tools": (lambda v: bool(v), "tool calling is not supported yet"),
-    "tool_choice": (lambda v: v not in (None, "none", "auto"), "tool calling is not supported yet"),
-    "response_format": (
-        lambda v: v is not None and v.type != "text",
-        "only the text response format is supported; JSON mode and JSON schemas are not supported yet",
-    ),
     "echo": (lambda v: bool(v), "echo is not supported yet"),
     "suffix": (lambda v: bool(v), "suffix (text insertion) is not supported yet"),
-    "prompt": (lambda p: len(p) > 1, "one prompt per request is supported; send a string"),
 }
 
 
@@ -90,6 +82,16 @@ class _GenerationParameters(OpenAIModel):
         if cannot_honour(value):
             raise _unsupported(reason)
         return value
+
+    @field_validator("n", mode="after", check_fields=False)
+    @classmethod
+    def choices_within_the_limit(cls, n: int | None, info: ValidationInfo) -> int | None:
+        prompts = len(info.data.get("prompt") or [None])
+        if n is not None and n * prompts > MAX_CHOICES:
+            raise PydanticCustomError(
+                "invalid_value", "at most {limit} choices per request (n times the number of prompts), got {got}",
+                {"limit": MAX_CHOICES, "got": n * prompts})
+        return n
 
     @field_validator("logit_bias", mode="before", check_fields=False)
     @classmethod
@@ -299,13 +301,82 @@ class ChatCompletionRequest(_GenerationParameters):
     backend: str | None = Field(default=None, max_length=64, description="force a backend by name")
     # --- end of Hearth extensions -----------------------------------------------------------
 
+    def uses_tools(self) -> bool:
+        return bool(self.tools) and self.tool_choice != "none"
+
+    def engine_messages(self) -> list[dict[str, Any]]:
+        """The messages for the chat template. With tools, the tools are described in the system message (in
+        the Hermes format most templates teach), earlier calls are written as `<tool_call>` blocks and tool
+        results as `<tool_response>` user turns, which every template can render."""
+        messages = [message.to_engine_message() for message in self.messages]
+        if not self.uses_tools():
+            return messages
+        converted = []
+        for message in messages:
+            if message["role"] == "assistant" and message.get("tool_calls"):
+                blocks = [
+                    "<tool_call>\n" + json.dumps({"name": (call.get("function") or {}).get("name"),
+                                                   "arguments": _arguments(call.get("function") or {})})
+                    + "\n</tool_call>"
+                    for call in message["tool_calls"]
+                ]
+                text = "\n".join(filter(None, [message.get("content") or "", *blocks]))
+                converted.append({"role": "assistant", "content": text})
+            elif message["role"] == "tool":
+                converted.append({"role": "user",
+                                  "content": f"<tool_response>\n{message.get('content') or ''}\n</tool_response>"})
+            else:
+                converted.append(message)
+        described = tools_system_prompt(self.tools or [])
+        if converted and converted[0]["role"] == "system":
+            converted[0] = {**converted[0], "content": f"{converted[0]['content']}\n\n{described}"}
+        else:
+            converted.insert(0, {"role": "system", "content": described})
+        return converted
+
+    def grammar(self) -> str | None:
+        """GBNF for constrained decoding: a required or named tool call, else the response format's."""
+        from inference.engine.grammar import grammar_for_response_format, tool_call_grammar
+
+        if self.tools and (self.tool_choice == "required" or isinstance(self.tool_choice, dict)):
+            return tool_call_grammar(self.tools, self.tool_choice)
+        if self.response_format is not None:
+            return grammar_for_response_format(self.response_format.model_dump())
+        return None
+
+    def logprob_alternatives(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
     def to_generation_request(self) -> GenerationRequest:
+        extras = {"grammar": self.grammar(), "logprobs": self.logprob_alternatives()}
         return GenerationRequest(
-            messages=[message.to_engine_message() for message in self.messages],
+            messages=self.engine_messages(),
             sampling=self.to_sampling_params(),
             max_tokens=self.effective_max_tokens(),
             stop=self.stop_list(),
+            **extras,
         )
+
+
+def _arguments(function: dict[str, Any]) -> Any:
+    arguments = function.get("arguments", {})
+    if isinstance(arguments, str):
+        try:
+            return json.loads(arguments)
+        except json.JSONDecodeError:
+            return arguments
+    return arguments
+
+
+def tools_system_prompt(tools: list[dict[str, Any]]) -> str:
+    """The tools, described as Hermes-style templates do (Qwen, Hermes, many fine-tunes)."""
+    functions = "\n".join(json.dumps(tool, ensure_ascii=False) for tool in tools)
+    return (
+        "You may call one or more functions to assist with the user query. The functions are listed in "
+        f"<tools></tools>:\n<tools>\n{functions}\n</tools>\n\nFor each function call, return a JSON object with "
+        "the function name and arguments within <tool_call></tool_call> tags:\n<tool_call>\n"
+        '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
+    )
 
 
 def _prompt_as_list(value: Any) -> Any:
@@ -357,12 +428,50 @@ class CompletionRequest(_GenerationParameters):
         return self.prompt[0]
 
     def to_generation_request(self) -> GenerationRequest:
+        extras = {"logprobs": self.logprobs}
         return GenerationRequest(
             prompt=self.prompt_text,
             sampling=self.to_sampling_params(),
             max_tokens=self.effective_max_tokens(),
             stop=self.stop_list(),
+            **extras,
         )
+
+
+MAX_EMBEDDING_INPUTS = 2048
+
+
+def _input_as_list(value: Any) -> Any:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise PydanticCustomError("invalid_type", "input must be a string or a list of strings")
+    if value and all(isinstance(item, int) for item in value) or any(isinstance(item, list) for item in value):
+        raise _unsupported("token-id inputs are not supported; send the text as strings")
+    for index, item in enumerate(value):
+        if not isinstance(item, str):
+            raise PydanticCustomError("invalid_type", "input[{index}] must be a string", {"index": index})
+        if not item:
+            raise PydanticCustomError("invalid_value", "input[{index}] is empty; send non-empty text",
+                                      {"index": index})
+    return value
+
+
+class EmbeddingRequest(OpenAIModel):
+    """POST /v1/embeddings."""
+
+    input: Annotated[
+        list[str],
+        BeforeValidator(_input_as_list),
+        Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS),
+        WithJsonSchema({"anyOf": [{"type": "string", "minLength": 1},
+                                  {"type": "array", "items": {"type": "string", "minLength": 1},
+                                   "minItems": 1, "maxItems": MAX_EMBEDDING_INPUTS}]}),
+    ]
+    model: str
+    encoding_format: Literal["float", "base64"] | None = "float"
+    dimensions: int | None = Field(default=None, ge=1, description="must equal the model's own dimensions")
+    user: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -471,6 +580,24 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
+
+
 # ---------------------------------------------------------------------------------------------
 # Responses: the builders the views call
 # ---------------------------------------------------------------------------------------------
@@ -532,8 +659,9 @@ def chat_chunk(
     finish_reason: str | None = None,
     system_fingerprint: str | None = None,
     include_usage: bool = False,
+    index: int = 0,
 ) -> dict[str, Any]:
-    """One streamed chat chunk. The first carries `role="assistant", content=""`, the middle ones
+    """One streamed chat chunk (of choice `index`). The first carries `role="assistant", content=""`, the middle ones
     `content`, the last `finish_reason` and an empty delta. With `include_usage` every chunk has
     `"usage": null`, as the spec asks when the client set `stream_options.include_usage`."""
     delta: dict[str, Any] = {}
@@ -547,7 +675,7 @@ def chat_chunk(
         "created": created,
         "model": model,
         "system_fingerprint": system_fingerprint,
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
     }
     if include_usage:
         chunk["usage"] = None
@@ -606,6 +734,7 @@ def completion_chunk(
     finish_reason: str | None = None,
     system_fingerprint: str | None = None,
     include_usage: bool = False,
+    index: int = 0,
 ) -> dict[str, Any]:
     chunk: dict[str, Any] = {
         "id": id,
@@ -613,7 +742,7 @@ def completion_chunk(
         "created": created,
         "model": model,
         "system_fingerprint": system_fingerprint,
-        "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}],
+        "choices": [{"text": text, "index": index, "logprobs": None, "finish_reason": finish_reason}],
     }
     if include_usage:
         chunk["usage"] = None
@@ -638,6 +767,44 @@ def completion_usage_chunk(
         "system_fingerprint": system_fingerprint,
         "choices": [],
         "usage": usage(prompt_tokens, completion_tokens),
+    }
+
+
+def chat_logprobs(entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """A chat choice's `logprobs`: per token its text, log probability, bytes and the top alternatives."""
+    return {"content": [dict(entry) for entry in entries], "refusal": None}
+
+
+def completion_logprobs(entries: Sequence[dict[str, Any]], text_offset: int = 0) -> dict[str, Any]:
+    """A text completion choice's legacy `logprobs`: parallel lists, alternatives as {token: logprob}."""
+    offsets, position = [], text_offset
+    for entry in entries:
+        offsets.append(position)
+        position += len(entry["token"])
+    return {
+        "tokens": [entry["token"] for entry in entries],
+        "token_logprobs": [entry["logprob"] for entry in entries],
+        "top_logprobs": [{alt["token"]: alt["logprob"] for alt in entry["top_logprobs"]} for entry in entries],
+        "text_offset": offsets,
+    }
+
+
+def embedding_list(model: str, vectors: Sequence[Sequence[float]], *, prompt_tokens: int,
+                   encoding_format: str | None = "float") -> dict[str, Any]:
+    """The embeddings in input order; base64 is the little-endian float32 bytes, as OpenAI sends them."""
+    import base64
+    import struct
+
+    def encode(vector: Sequence[float]) -> list[float] | str:
+        if encoding_format == "base64":
+            return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+        return list(vector)
+
+    return {
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)],
+        "model": model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
     }
 
 

@@ -81,6 +81,10 @@ class GenerationRequest:
     # Chat pages set this: the oldest turns (never the system prompt, never the last message) are left out
     # until the prompt fits with room for a reply. The API leaves it off and refuses an over-long prompt.
     fit_history: bool = False
+    # Constrained decoding (GBNF text; the llama.cpp backend honours it) and log probabilities: None, off;
+    # N, the sampled token's log probability and the N most likely alternatives at each position.
+    grammar: str | None = None
+    logprobs: int | None = None
 
 
 @dataclass(frozen=True)

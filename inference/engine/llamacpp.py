@@ -6,7 +6,8 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Any
 
 from inference.engine.base import (
     BackendUnavailable,
@@ -20,6 +21,16 @@ from inference.engine.base import (
 from inference.engine.chat_template import conventional_template, render_chat
 from inference.engine.sampling import SamplingParams
 from inference.engine.text import StopStrings, Utf8Stream
+
+MAX_TOP_LOGPROBS = 20
+
+
+@dataclass(frozen=True)
+class TokenEvent(GenerationEvent):
+    """A "token" event with the log probabilities of the tokens that make up its text (when asked for)."""
+
+    logprobs: list[dict[str, Any]] | None = None
+
 
 INSTALL_HINT = "pip install llama-cpp-python (for NVIDIA GPUs: CMAKE_ARGS=-DGGML_CUDA=on pip install llama-cpp-python)"
 F32_KV_CACHE = 0  # GGML_TYPE_F32
@@ -139,10 +150,21 @@ class LlamaCppModel:
         self.llm.set_seed(params.seed if params.seed is not None else random.randrange(2**31))
         utf8, stops = Utf8Stream(), StopStrings(request.stop)
         count, first_at, finish = 0, None, "length"
+        arguments = llama_sampler_arguments(params)
+        # Optional request fields (an engine request without them generates as before): `grammar`, GBNF text
+        # that constrains decoding; `logprobs`, how many alternatives (0-20) to report with each token's own.
+        grammar_text = getattr(request, "grammar", None)
+        if grammar_text:
+            arguments["grammar"] = llama_cpp.LlamaGrammar.from_string(grammar_text, verbose=False)
+        top_logprobs = getattr(request, "logprobs", None)
+        recorder = LogprobRecorder(self.llm, top_logprobs) if top_logprobs is not None else None
+        if recorder is not None:  # first in the chain: it sees the model's own logits at the sampled position
+            arguments["logits_processor"] = [recorder, *arguments.get("logits_processor", [])]
+        pending: list[dict[str, Any]] = []
         # reset=True with n_tokens 0 evaluates the whole prompt: no prefix reuse, so whatever ran before, an
         # identical request gives identical output.
         self.llm.reset()
-        stream = self.llm.generate(tokens, reset=True, **llama_sampler_arguments(params))
+        stream = self.llm.generate(tokens, reset=True, **arguments)
         try:
             while count < budget:
                 if should_stop():
@@ -155,8 +177,13 @@ class LlamaCppModel:
                 if llama_cpp.llama_vocab_is_eog(vocab, token):
                     finish = "stop"
                     break
+                if recorder is not None:
+                    pending.append(recorder.entry(token))
                 text, stopped = stops.feed(utf8.feed(self.llm.detokenize([token])))
-                if text:
+                if text and recorder is not None:
+                    yield TokenEvent("token", text=text, token_id=token, logprobs=pending)
+                    pending = []
+                elif text:
                     yield GenerationEvent("token", text=text, token_id=token)
                 if stopped:
                     finish = "stop"
@@ -167,7 +194,8 @@ class LlamaCppModel:
             tail, _ = stops.feed(utf8.flush())
             tail += stops.flush()
             if tail:
-                yield GenerationEvent("token", text=tail)
+                yield (TokenEvent("token", text=tail, logprobs=pending) if recorder
+                       else GenerationEvent("token", text=tail))
         if should_stop() and finish == "length":
             finish = "cancelled"
         ended = time.perf_counter()
@@ -215,3 +243,40 @@ class LogitBias:
             if 0 <= token_id < n_vocab:
                 logits[token_id] += value
         return logits
+
+
+class LogprobRecorder:
+    """A logits processor that changes nothing: it keeps the log-softmax of the logits the model produced at the
+    position being sampled (one vocabulary-sized row, never llama.cpp's logits_all), so that the sampled token's
+    log probability and the `top` most likely alternatives can be reported."""
+
+    def __init__(self, llm, top: int):
+        self.llm = llm
+        self.top = max(0, min(int(top), MAX_TOP_LOGPROBS))
+        self._logprobs = None
+
+    def __call__(self, _input_ids, logits):
+        import numpy as np
+
+        row = np.array(logits, dtype=np.float64)
+        peak = row.max()
+        self._logprobs = row - (peak + np.log(np.exp(row - peak).sum()))
+        return logits
+
+    def _piece(self, token: int) -> dict[str, Any]:
+        raw = self.llm.detokenize([token])
+        return {"token": raw.decode("utf-8", errors="replace"), "bytes": list(raw)}
+
+    def entry(self, token: int) -> dict[str, Any]:
+        """OpenAI's per-token shape: token, logprob, bytes, top_logprobs (most likely first)."""
+        import numpy as np
+
+        logprobs = self._logprobs
+        if logprobs is None or not 0 <= token < len(logprobs):
+            return {**self._piece(token), "logprob": 0.0, "top_logprobs": []}
+        alternatives = []
+        if self.top:
+            best = np.argpartition(-logprobs, self.top - 1)[: self.top]
+            best = best[np.argsort(-logprobs[best], kind="stable")]
+            alternatives = [{**self._piece(int(t)), "logprob": float(logprobs[t])} for t in best]
+        return {**self._piece(token), "logprob": float(logprobs[token]), "top_logprobs": alternatives}

@@ -1,5 +1,6 @@
-// The chat page: sends messages over the websocket, streams replies in, stops them, and resumes a reply
-// after the socket drops (from the last event index it has: no gap, no duplicate).
+// The chat page: sends messages over the websocket, streams replies in (rendered as sanitized markdown),
+// stops them, regenerates and edits (each a new version, "< 2/3 >"), loads older messages on scroll, and
+// resumes a reply after the socket drops (from the last event index it has: no gap, no duplicate).
 (() => {
   "use strict";
   const chat = document.getElementById("chat");
@@ -11,6 +12,8 @@
   const stopButton = document.getElementById("stop");
   const picker = document.getElementById("model-picker");
   const status = document.getElementById("status");
+  const settingsForm = document.getElementById("settings-form");
+  const markdown = window.hearthMarkdown;
 
   let socket = null;
   let conversation = chat.dataset.conversation || null;
@@ -18,6 +21,7 @@
   // job id -> {node, index (last event index seen), done}
   const replies = new Map();
   let activeJob = null;
+  let pending = null; // {user: node|null, reply: node} waiting for "accepted"
 
   function setBusy(busy) {
     sendButton.hidden = busy;
@@ -29,19 +33,132 @@
     status.classList.toggle("error", Boolean(isError));
   }
 
-  function addMessage(role, text) {
+  // ---- message nodes (the same markup as templates/webui/_message.html) ----
+  function button(className, label, text) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = `icon ${className}`;
+    b.setAttribute("aria-label", label);
+    b.textContent = text;
+    return b;
+  }
+
+  function versionForm(target, label, text) {
+    const f = document.createElement("form");
+    f.method = "post";
+    if (target) f.action = `/c/${conversation}/show/${target}/`;
+    const token = document.createElement("input");
+    token.type = "hidden";
+    token.name = "csrfmiddlewaretoken";
+    token.value = chat.dataset.csrf;
+    const b = document.createElement("button");
+    b.type = "submit";
+    b.className = `icon ${label === "Previous version" ? "prev" : "next"}`;
+    b.setAttribute("aria-label", label);
+    b.textContent = text;
+    b.disabled = !target;
+    f.append(token, b);
+    return f;
+  }
+
+  function setVersions(node, versions) {
+    const meta = node.querySelector(".meta");
+    const old = meta.querySelector(".versions");
+    if (old) old.remove();
+    if (!versions || versions.count < 2) return;
+    const span = document.createElement("span");
+    span.className = "versions";
+    span.setAttribute("aria-label", `Version ${versions.index} of ${versions.count}`);
+    const count = document.createElement("span");
+    count.className = "count";
+    count.textContent = `${versions.index}/${versions.count}`;
+    span.append(versionForm(versions.prev, "Previous version", "‹"), count, versionForm(versions.next, "Next version", "›"));
+    meta.prepend(span);
+  }
+
+  function statsText(s) {
+    if (s.status === "failed") return `failed: ${s.error || ""}`;
+    const tps = s.tokens_per_second ? `${s.tokens_per_second.toFixed(1)} tok/s` : "";
+    const ttft = s.time_to_first_token ? `first token ${(s.time_to_first_token * 1000).toFixed(0)} ms` : "";
+    return [`${s.completion_tokens || 0} tokens`, tps, ttft, s.finish_reason === "cancelled" ? "stopped" : ""]
+      .filter(Boolean).join(" · ");
+  }
+
+  function buildMessage(m) {
     const item = document.createElement("li");
-    item.className = `message ${role}`;
+    item.className = `message ${m.role}`;
+    if (m.id) {
+      item.id = `m${m.id}`;
+      item.dataset.message = m.id;
+    }
+    item.dataset.job = m.job || "";
+    item.dataset.finished = m.finished === false ? "0" : "1";
     const bubble = document.createElement("div");
     bubble.className = "bubble";
-    bubble.textContent = text;
-    item.appendChild(bubble);
-    list.appendChild(item);
-    item.scrollIntoView({block: "end"});
+    const meta = document.createElement("div");
+    meta.className = "meta";
+    if (m.role === "assistant") {
+      if (m.stats && Object.keys(m.stats).length) {
+        const stats = document.createElement("span");
+        stats.className = "stats";
+        stats.textContent = statsText(m.stats);
+        meta.appendChild(stats);
+      }
+      meta.append(button("copy-reply", "Copy reply", "Copy"), button("regenerate", "Regenerate reply", "Regenerate"));
+    } else {
+      meta.append(button("edit", "Edit message", "Edit"));
+    }
+    if (m.dropped) {
+      const note = document.createElement("div");
+      note.className = "context-note";
+      note.textContent = `${m.dropped} earlier message(s) were left out to fit the model's context.`;
+      item.append(note);
+    }
+    item.append(bubble, meta);
+    setText(item, m.text || "");
+    setVersions(item, m.versions);
     return item;
   }
 
+  function setText(node, text) {
+    node._raw = text;
+    const bubble = node.querySelector(".bubble");
+    if (node.classList.contains("assistant") && markdown) markdown.render(bubble, text);
+    else bubble.textContent = text;
+  }
+
+  let renderQueued = new Set();
+  function appendText(node, text) {
+    node._raw = (node._raw || "") + text;
+    if (renderQueued.size === 0) {
+      requestAnimationFrame(() => {
+        for (const n of renderQueued) setText(n, n._raw);
+        renderQueued = new Set();
+        list.lastElementChild && list.lastElementChild.scrollIntoView({block: "end"});
+      });
+    }
+    renderQueued.add(node);
+  }
+
+  function removeFrom(node) {
+    while (node) {
+      const next = node.nextElementSibling;
+      node.remove();
+      node = next;
+    }
+  }
+
+  function append(node) {
+    list.appendChild(node);
+    node.scrollIntoView({block: "end"});
+    return node;
+  }
+
+  // ---- streaming ----
   function track(jobId, node, index) {
+    node.dataset.job = jobId;
+    node.dataset.finished = "0";
+    node.classList.add("streaming");
     replies.set(jobId, {node, index: index || 0, done: false});
     activeJob = jobId;
     setBusy(true);
@@ -51,34 +168,34 @@
     const reply = replies.get(jobId);
     if (!reply || index <= reply.index) return; // already shown: never duplicate
     reply.index = index;
-    const bubble = reply.node.querySelector(".bubble");
-    if (event.kind === "started" && event.dropped_messages) {
+    if (event.kind === "started" && event.dropped_messages && !reply.node.querySelector(".context-note")) {
       const note = document.createElement("div");
       note.className = "context-note";
       note.textContent = `${event.dropped_messages} earlier message(s) were left out to fit the model's context.`;
       reply.node.prepend(note);
     } else if (event.kind === "token") {
-      bubble.textContent += event.text || "";
-      reply.node.scrollIntoView({block: "end"});
+      appendText(reply.node, event.text || "");
     } else if (event.kind === "done") {
       reply.done = true;
-      const stats = document.createElement("div");
+      setText(reply.node, reply.node._raw || "");
+      const stats = document.createElement("span");
       stats.className = "stats";
-      const tps = event.tokens_per_second ? `${event.tokens_per_second.toFixed(1)} tok/s` : "";
-      const ttft = event.time_to_first_token ? `first token ${(event.time_to_first_token * 1000).toFixed(0)} ms` : "";
-      stats.textContent = [`${event.completion_tokens || 0} tokens`, tps, ttft, event.finish_reason === "cancelled" ? "stopped" : ""]
-        .filter(Boolean).join(" · ");
-      reply.node.appendChild(stats);
-      finish(jobId);
+      stats.textContent = statsText(event);
+      reply.node.querySelector(".meta").prepend(stats);
+      const versions = reply.node.querySelector(".meta .versions");
+      if (versions) reply.node.querySelector(".meta").prepend(versions);
+      finish(jobId, reply.node);
     } else if (event.kind === "error") {
       reply.done = true;
       reply.node.classList.add("failed");
-      bubble.textContent = event.message;
-      finish(jobId);
+      reply.node.querySelector(".bubble").textContent = event.message;
+      finish(jobId, reply.node);
     }
   }
 
-  function finish(jobId) {
+  function finish(jobId, node) {
+    node.dataset.finished = "1";
+    node.classList.remove("streaming");
     if (activeJob === jobId) {
       activeJob = null;
       setBusy(false);
@@ -86,11 +203,37 @@
     }
   }
 
+  function onAccepted(data) {
+    if (data.conversation && !conversation) {
+      conversation = String(data.conversation);
+      chat.dataset.conversation = conversation;
+      history.replaceState(null, "", `/c/${conversation}/`);
+      if (settingsForm) settingsForm.action = `/c/${conversation}/settings/`;
+    }
+    if (!pending) return;
+    const {user, reply, versionsOn} = pending;
+    pending = null;
+    if (user && data.user_message) {
+      user.id = `m${data.user_message}`;
+      user.dataset.message = data.user_message;
+    }
+    reply.id = `m${data.message}`;
+    reply.dataset.message = data.message;
+    reply.classList.remove("pending");
+    if (data.versions) setVersions(versionsOn === "user" ? user : reply, data.versions);
+    track(data.job, reply, 0);
+  }
+
   function connect() {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     socket = new WebSocket(`${scheme}://${location.host}${chat.dataset.wsPath}`);
     socket.onopen = () => {
       retryDelay = 250;
+      if (pending && pending.lost) {
+        // The socket dropped between sending and hearing back: the server's copy of the thread is the truth.
+        location.reload();
+        return;
+      }
       say(activeJob ? "Reconnected." : "");
       for (const [jobId, reply] of replies) {
         if (!reply.done) socket.send(JSON.stringify({type: "resume", job: jobId, after: reply.index}));
@@ -99,43 +242,140 @@
     socket.onmessage = (message) => {
       const data = JSON.parse(message.data);
       if (data.type === "event") onEvent(data.job, data.index, data.event);
-      else if (data.type === "accepted") {
-        if (!conversation) {
-          conversation = String(data.conversation);
-          history.replaceState(null, "", `/c/${conversation}/`);
+      else if (data.type === "accepted") onAccepted(data);
+      else if (data.type === "error") {
+        if (pending) {
+          pending.reply.remove();
+          if (pending.restore) location.reload();
+          pending = null;
         }
-        const pending = list.querySelector(".message.assistant.pending");
-        pending.classList.remove("pending");
-        pending.dataset.job = data.job;
-        track(data.job, pending, 0);
-      } else if (data.type === "error") {
-        const pending = list.querySelector(".message.assistant.pending");
-        if (pending) pending.remove();
-        setBusy(false);
+        setBusy(Boolean(activeJob));
         say(data.message, true);
       }
     };
     socket.onclose = () => {
-      if (activeJob) say("Connection lost; reconnecting…");
+      if (pending) pending.lost = true;
+      if (activeJob || pending) say("Connection lost; reconnecting…");
       setTimeout(connect, retryDelay);
       retryDelay = Math.min(retryDelay * 2, 5000);
     };
   }
 
-  function send() {
-    const text = prompt.value;
-    if (!text.trim() || activeJob) return;
+  function ready() {
+    if (activeJob || pending) return false;
     if (!socket || socket.readyState !== WebSocket.OPEN) {
       say("Not connected yet; try again in a moment.", true);
-      return;
+      return false;
     }
-    addMessage("user", text);
-    addMessage("assistant", "").classList.add("pending");
-    socket.send(JSON.stringify({type: "send", conversation, model: picker ? picker.value : "", content: text}));
+    return true;
+  }
+
+  function settings() {
+    if (!settingsForm) return {};
+    const data = new FormData(settingsForm);
+    const sampling = {};
+    for (const name of ["temperature", "top_p", "top_k", "max_tokens", "seed"]) {
+      const value = data.get(name);
+      if (value !== null && value !== "") sampling[name] = Number(value);
+    }
+    return {system_prompt: data.get("system_prompt") || "", sampling};
+  }
+
+  function model() {
+    return picker ? picker.value : "";
+  }
+
+  function send() {
+    const text = prompt.value;
+    if (!text.trim() || !ready()) return;
+    const user = append(buildMessage({role: "user", text}));
+    const reply = append(buildMessage({role: "assistant", text: "", finished: false}));
+    reply.classList.add("pending");
+    pending = {user, reply};
+    socket.send(JSON.stringify({type: "send", conversation, model: model(), content: text, ...settings()}));
     prompt.value = "";
     setBusy(true);
   }
 
+  function regenerate(node) {
+    if (!node.dataset.message || !ready()) return;
+    const reply = buildMessage({role: "assistant", text: "", finished: false});
+    reply.classList.add("pending");
+    node.before(reply);
+    removeFrom(node);
+    pending = {user: null, reply, versionsOn: "reply", restore: true};
+    socket.send(JSON.stringify({type: "regenerate", message: Number(node.dataset.message), model: model()}));
+    setBusy(true);
+  }
+
+  function startEdit(node) {
+    if (node.querySelector(".editor") || activeJob) return;
+    const editor = document.createElement("form");
+    editor.className = "editor";
+    const area = document.createElement("textarea");
+    area.value = node._raw || node.querySelector(".bubble").textContent;
+    area.rows = Math.min(12, area.value.split("\n").length + 1);
+    area.setAttribute("aria-label", "Edited message");
+    const save = document.createElement("button");
+    save.type = "submit";
+    save.textContent = "Send edit";
+    const cancel = document.createElement("button");
+    cancel.type = "button";
+    cancel.className = "secondary";
+    cancel.textContent = "Cancel";
+    editor.append(area, save, cancel);
+    node.querySelector(".bubble").hidden = true;
+    node.insertBefore(editor, node.querySelector(".meta"));
+    area.focus();
+    const close = () => { editor.remove(); node.querySelector(".bubble").hidden = false; };
+    cancel.addEventListener("click", close);
+    area.addEventListener("keydown", (event) => {
+      if (event.key === "Escape") close();
+      if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        editor.requestSubmit();
+      }
+    });
+    editor.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const text = area.value;
+      if (!text.trim() || !ready()) return;
+      const user = buildMessage({role: "user", text});
+      const reply = buildMessage({role: "assistant", text: "", finished: false});
+      reply.classList.add("pending");
+      node.before(user, reply);
+      removeFrom(node);
+      pending = {user, reply, versionsOn: "user", restore: true};
+      socket.send(JSON.stringify({type: "edit", message: Number(node.dataset.message), content: text, model: model()}));
+      setBusy(true);
+    });
+  }
+
+  // ---- older messages, loaded as the reader scrolls up ----
+  let loadingOlder = false;
+  async function loadOlder() {
+    const holder = list.querySelector(".older");
+    const first = list.querySelector(".message[data-message]");
+    if (!holder || !first || loadingOlder) return;
+    loadingOlder = true;
+    try {
+      const response = await fetch(`/c/${conversation}/older/?before=${first.dataset.message}`,
+        {headers: {Accept: "application/json"}});
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      const data = await response.json();
+      const height = list.scrollHeight;
+      const fragment = document.createDocumentFragment();
+      for (const m of data.messages) fragment.appendChild(buildMessage(m));
+      holder.after(fragment);
+      list.scrollTop += list.scrollHeight - height; // keep what the reader was looking at in place
+      if (!data.has_more) holder.remove();
+    } catch (error) {
+      say(`Could not load older messages (${error.message}).`, true);
+    } finally {
+      loadingOlder = false;
+    }
+  }
+  // ---- events ----
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     send();
@@ -151,14 +391,49 @@
       socket.send(JSON.stringify({type: "stop", job: activeJob}));
     }
   });
+  list.addEventListener("click", (event) => {
+    const target = event.target.closest("button");
+    if (!target) return;
+    const node = target.closest(".message");
+    if (target.classList.contains("regenerate")) regenerate(node);
+    else if (target.classList.contains("edit")) startEdit(node);
+    else if (target.classList.contains("copy-reply") && markdown) {
+      markdown.copyText(node._raw || "").then(() => markdown.flashCopied(target));
+    }
+  });
+  const deleteForm = document.getElementById("delete-form");
+  if (deleteForm) {
+    deleteForm.addEventListener("submit", (event) => {
+      if (!confirm("Delete this conversation and all its messages?")) event.preventDefault();
+    });
+  }
 
-  // A reload during generation: the last reply is still streaming, so follow it from the start.
-  for (const node of list.querySelectorAll(".message.assistant[data-job]")) {
-    if (node.dataset.job && node.dataset.finished === "0") {
-      node.querySelector(".bubble").textContent = "";
+  // Render what the server sent; a reload during generation: the last reply is still streaming, so follow
+  // it from the start.
+  for (const node of list.querySelectorAll(".message")) {
+    const text = node.querySelector(".bubble").textContent;
+    if (node.classList.contains("assistant") && node.dataset.job && node.dataset.finished === "0") {
+      setText(node, "");
       track(node.dataset.job, node, 0);
+    } else {
+      setText(node, text);
     }
   }
+  if (list.lastElementChild) list.lastElementChild.scrollIntoView({block: "end"});
+  const olderButton = document.getElementById("load-older");
+  function watchOlder() {
+    if (!olderButton) return;
+    olderButton.addEventListener("click", loadOlder);
+    new IntersectionObserver((entries) => {
+      if (entries.some((e) => e.isIntersecting)) loadOlder();
+    }, {root: list, rootMargin: "200px 0px 0px 0px"}).observe(olderButton.parentElement);
+    list.addEventListener("scroll", () => {
+      if (list.scrollTop < 200) loadOlder();
+    }, {passive: true});
+  }
+
+  // Only once the page sits at the latest message: its first scroll is not the reader's.
+  requestAnimationFrame(() => requestAnimationFrame(watchOlder));
   window.hearthChat = {replies, get socket() { return socket; }};
   connect();
 })();

@@ -126,3 +126,85 @@ def test_it_stops_the_worker_within_one_token_and_takes_the_next_job_at_once(emb
     socket.events_until_terminal()
     assert job_row(embedded_server, next_job)["status"] == "succeeded"
     assert time.monotonic() - stopped_at < 10
+
+
+def thread_rows(server, conversation: int):
+    return query(server, "SELECT id, parent_id, role, content, job_id FROM webui_message WHERE conversation_id = ?"
+                         " ORDER BY id", conversation)
+
+
+def test_regenerate_and_edit_add_versions_and_keep_the_old_ones(embedded_server, socket):
+    socket.send(type="send", conversation=None, model="tiny", content="Name a colour",
+                sampling={"temperature": 0.9, "max_tokens": 8})
+    accepted = socket.receive()
+    conversation, first_reply = accepted["conversation"], accepted["message"]
+    socket.events_until_terminal()
+    socket.send(type="regenerate", message=first_reply, model="tiny")
+    regenerated = socket.receive()
+    assert regenerated["type"] == "accepted"
+    assert regenerated["versions"] == {"index": 2, "count": 2, "prev": first_reply, "next": None}
+    events = socket.events_until_terminal()
+    assert events[-1]["event"]["completion_tokens"] <= 8  # the conversation's max_tokens holds
+    socket.send(type="edit", message=accepted["user_message"], content="Name a fruit", model="tiny")
+    edited = socket.receive()
+    assert edited["versions"]["index"] == 2 and edited["versions"]["count"] == 2
+    socket.events_until_terminal()
+    rows = {r[0]: r for r in thread_rows(embedded_server, conversation)}
+    assert len(rows) == 5  # nothing was overwritten
+    assert rows[regenerated["message"]][1] == accepted["user_message"]  # a sibling of the first reply
+    assert rows[edited["user_message"]][1] is None and rows[edited["user_message"]][3] == "Name a fruit"
+    assert rows[edited["message"]][1] == edited["user_message"]
+    leaf = query(embedded_server, "SELECT leaf_id, sampling FROM webui_conversation WHERE id = ?", conversation)[0]
+    assert leaf[0] == edited["message"]
+    assert '"max_tokens": 8' in leaf[1]
+
+
+def test_it_refuses_another_users_message_and_bad_settings_with_readable_errors(embedded_server, socket):
+    embedded_server.create_user("mallory", "pw-mallory-123")
+    mallory = ChatSocket(embedded_server, login(embedded_server, "mallory", "pw-mallory-123"))
+    socket.send(type="send", conversation=None, model="tiny", content="mine")
+    accepted = socket.receive()
+    socket.events_until_terminal()
+    mallory.send(type="regenerate", message=accepted["message"], model="tiny")
+    assert mallory.receive() == {"type": "error", "code": "not_found", "message": "That message does not exist."}
+    mallory.send(type="send", conversation=accepted["conversation"], model="tiny", content="hi")
+    assert mallory.receive()["code"] == "not_found"
+    mallory.send(type="send", conversation=None, model="tiny", content="hi", sampling={"temperature": 7})
+    refused = mallory.receive()
+    assert refused["type"] == "error" and "temperature must be between 0 and 2" in refused["message"]
+    mallory.close()
+
+
+def test_the_playground_completes_a_raw_prompt(embedded_server, socket):
+    socket.send(type="complete", model="tiny", prompt="Once upon a time", sampling={"max_tokens": 5, "seed": 1})
+    accepted = socket.receive()
+    assert accepted["type"] == "accepted" and "conversation" not in accepted
+    events = socket.events_until_terminal()
+    assert events[-1]["event"]["kind"] == "done"
+    assert 0 < events[-1]["event"]["completion_tokens"] <= 5
+    kind = query(embedded_server, "SELECT kind, request FROM inference_generationjob WHERE id = ?",
+                 accepted["job"].replace("-", ""))[0]
+    assert kind[0] == "completion" and '"prompt": "Once upon a time"' in kind[1]
+
+
+def test_a_conversation_longer_than_the_context_leaves_out_the_oldest_turns_and_the_page_says_so(
+    embedded_server, socket
+):
+    long_text = " ".join(["lighthouse"] * 25)  # the tiny model's context is 512 tokens
+    socket.send(type="send", conversation=None, model="tiny", content=long_text, system_prompt="Be brief.",
+                sampling={"max_tokens": 4})
+    conversation = socket.receive()["conversation"]
+    socket.events_until_terminal()
+    for _ in range(6):
+        socket.send(type="send", conversation=conversation, model="tiny", content=long_text,
+                    sampling={"max_tokens": 4})
+        reply = socket.receive()["message"]
+        started = socket.events_until_terminal()[0]["event"]
+        assert started["kind"] == "started", started
+        if started.get("dropped_messages"):
+            break
+    assert started["dropped_messages"] >= 1
+    assert query(embedded_server, "SELECT dropped_messages FROM webui_message WHERE id = ?", reply) == [
+        (started["dropped_messages"],)]
+    page = login(embedded_server).get(f"/c/{conversation}/").text
+    assert f"{started['dropped_messages']} earlier message(s) were left out" in page

@@ -118,7 +118,7 @@ def test_it_ends_with_length_when_the_reply_fills_the_context(embedded_server):
         ({"model": "tiny", "messages": []}, "messages"),
         ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "top_p": "high"}, "top_p"),
         ({"messages": [{"role": "user", "content": "x"}]}, "model"),
-        ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "n": 3}, "n"),
+        ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "n": 17}, "n"),
     ],
 )
 def test_it_rejects_invalid_parameters_with_400_naming_them(embedded_server, body, param):

@@ -3,9 +3,11 @@ and our GGUF loader undoes llama.cpp's transforms exactly."""
 
 from __future__ import annotations
 
+import llama_cpp
 import numpy as np
 import pytest
 import torch
+import transformers  # noqa: F401  (the reference these tests compare against)
 
 from inference.engine.base import ModelRefused
 from inference.engine.convert import convert_hf_to_gguf
@@ -15,9 +17,6 @@ from inference.engine.torch.gguf_loader import load_gguf_model
 from inference.engine.torch.loader import load_hf_model
 from inference.engine.torch.models.layers import ForwardStep, KVCache
 from tests.unit.torch_models import CONVERTIBLE, PROMPT_IDS, STEPS, build_tiny_model
-
-pytest.importorskip("transformers")
-llama_cpp = pytest.importorskip("llama_cpp")
 
 GGML_TYPE_F32 = 0
 

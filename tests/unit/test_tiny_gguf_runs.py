@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import llama_cpp
 import pytest
 
 from tests import factories
-
-llama_cpp = pytest.importorskip("llama_cpp")
 
 
 @pytest.fixture(scope="module", params=["llama", "gemma3"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import transformers  # noqa: F401  (the reference these tests compare against)
 
 from inference.engine.base import ContextLengthExceeded, GenerationRequest, ModelSpec
 from inference.engine.sampling import SamplingParams
@@ -10,8 +11,6 @@ from inference.engine.torch.backend import TorchBackend
 from inference.engine.torch.detokenizer import StreamingDetokenizer
 from inference.engine.torch.tokenizer import TextTokenizer
 from tests.unit.torch_models import build_tiny_model
-
-pytest.importorskip("transformers")
 
 GREEDY = SamplingParams(temperature=0)
 
