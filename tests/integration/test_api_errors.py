@@ -6,8 +6,9 @@ import json
 
 import httpx
 import pytest
+from django.conf import settings
 
-DJANGO_DEFAULT_LIMIT = 2_621_440  # DATA_UPLOAD_MAX_MEMORY_SIZE; HEARTH_MAX_BODY_BYTES defaults to it
+BODY_LIMIT = settings.HEARTH_MAX_BODY_BYTES  # the test servers run with the same default
 
 
 def post(server, path: str, **kwargs) -> httpx.Response:
@@ -31,14 +32,14 @@ def big_chat_body(size: int) -> bytes:
 
 
 def test_it_answers_413_for_a_body_over_the_size_limit(embedded_server):
-    response = post(embedded_server, "/v1/chat/completions", content=big_chat_body(DJANGO_DEFAULT_LIMIT + 1000),
+    response = post(embedded_server, "/v1/chat/completions", content=big_chat_body(BODY_LIMIT + 1000),
                     headers={"Content-Type": "application/json"})
     error = assert_envelope(response, 413, "request_too_large")
-    assert str(DJANGO_DEFAULT_LIMIT) in error["message"]
+    assert str(BODY_LIMIT) in error["message"]
 
 
 def test_it_answers_413_for_a_chunked_body_over_the_limit(embedded_server):
-    data = big_chat_body(DJANGO_DEFAULT_LIMIT + 1000)
+    data = big_chat_body(BODY_LIMIT + 1000)
 
     def chunks():
         for start in range(0, len(data), 65536):
