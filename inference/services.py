@@ -72,11 +72,8 @@ def model_import(path: str | Path, *, name: str | None = None, backend: str = ""
     )
 
 
-def generation_start(
-    *, owner, model: LocalModel, request: GenerationRequest, kind: str = GenerationJob.Kind.CHAT,
-    backend: str | None = None, api_key=None,
-) -> GenerationJob:
-    """Queue a generation. Refuses with 503 when no worker is alive and 429 when the queue is full."""
+def _admit() -> None:
+    """Refuse a new job with 503 when no worker is alive and 429 when the queue is full."""
     if not get_presence().live_workers():
         raise NoWorkerAvailable(
             "No generation worker is running. Start one (make run starts one; in production: "
@@ -84,16 +81,34 @@ def generation_start(
         )
     queued = GenerationJob.objects.filter(status=JobStatus.QUEUED).count()
     if queued >= settings.HEARTH_MAX_QUEUED:
-        raise QueueFull(f"{queued} generations are already waiting; try again in a few seconds.")
-    payload = request_to_json(request)
-    if backend:
-        payload["backend"] = backend
-    job = GenerationJob.objects.create(
-        owner=owner, api_key=api_key, model=model, model_name=model.name, kind=kind, request=payload
-    )
+        raise QueueFull(f"{queued} jobs are already waiting; try again in a few seconds.")
+
+
+def _enqueue(**fields) -> GenerationJob:
+    """Write the job row; its task is sent once the row is committed."""
+    job = GenerationJob.objects.create(**fields)
     job_id = str(job.id)
     transaction.on_commit(lambda: _send_generation_task(job_id))
     return job
+
+
+def generation_start(
+    *, owner, model: LocalModel, request: GenerationRequest, kind: str = GenerationJob.Kind.CHAT,
+    backend: str | None = None, api_key=None,
+) -> GenerationJob:
+    """Queue a generation (503 without a live worker, 429 when the queue is full)."""
+    _admit()
+    payload = request_to_json(request)
+    if backend:
+        payload["backend"] = backend
+    return _enqueue(owner=owner, api_key=api_key, model=model, model_name=model.name, kind=kind, request=payload)
+
+
+def embedding_start(*, owner, model: LocalModel, inputs: list[str], api_key=None) -> GenerationJob:
+    """Queue an embedding job: the same worker queue, limits and accounting as generations."""
+    _admit()
+    return _enqueue(owner=owner, api_key=api_key, model=model, model_name=model.name,
+                    kind=GenerationJob.Kind.EMBEDDING, request={"input": inputs})
 
 
 def _send_generation_task(job_id: str) -> None:

@@ -13,7 +13,6 @@ from api.auth import ApiKeyAuth
 from api.errors import error_response
 from api.limits import check_concurrency
 from api.schemas import openai as oa
-from api.services import embedding_start
 from api.streaming import (
     ChoiceEvents,
     JobEvents,
@@ -27,7 +26,7 @@ from api.tools import parse_tool_calls
 from inference import selectors
 from inference.engine.base import EngineError
 from inference.models import GenerationJob
-from inference.services import generation_start
+from inference.services import embedding_start, generation_start
 
 router = Router(auth=ApiKeyAuth(), tags=["OpenAI"])
 
