@@ -153,6 +153,13 @@ def retrieve_model(request: HttpRequest, model_id: str):
     return _model_card(model)
 
 
+async def _collect_all(streams) -> tuple[list[JobOutcome], Any]:
+    """Every choice's outcome, or the error response of the first choice that failed."""
+    outcomes = [await collect(events) for events in streams]
+    failed = next((o.error for o in outcomes if o.error), None)
+    return outcomes, (error_event_response(failed) if failed else None)
+
+
 @router.post("/chat/completions", summary="Create a chat completion")
 async def chat_completions(request: HttpRequest, body: oa.ChatCompletionRequest):
     started, failure = await _start(request, body, GenerationJob.Kind.CHAT)
@@ -164,10 +171,9 @@ async def chat_completions(request: HttpRequest, body: oa.ChatCompletionRequest)
     fingerprint = _fingerprint(first)
 
     if not body.stream:
-        outcomes = [await collect(events) for events in streams]
-        failed = next((o.error for o in outcomes if o.error), None)
-        if failed:
-            return error_event_response(failed)
+        outcomes, failure = await _collect_all(streams)
+        if failure:
+            return failure
         payload = oa.chat_completion(completion_id, created, body.model, system_fingerprint=fingerprint,
                                      content=outcomes[0].text,
                                      finish_reason=_finish(outcomes[0]),
@@ -235,10 +241,9 @@ async def completions(request: HttpRequest, body: oa.CompletionRequest):
     fingerprint = _fingerprint(first)
 
     if not body.stream:
-        outcomes = [await collect(events) for events in streams]
-        failed = next((o.error for o in outcomes if o.error), None)
-        if failed:
-            return error_event_response(failed)
+        outcomes, failure = await _collect_all(streams)
+        if failure:
+            return failure
         payload = oa.completion(completion_id, created, body.model, system_fingerprint=fingerprint,
                                 text=outcomes[0].text,
                                 finish_reason=_finish(outcomes[0]),
