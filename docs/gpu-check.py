@@ -15,6 +15,12 @@ With --quick (a tiny model) it only checks that the script runs, e.g. on a CPU-o
 --fault-log FILE on a first try: llama-cpp-python points stderr at /dev/null while it loads a model, so a crash
 there leaves no trace on the terminal, only in that file.
 
+Findings on a lent H200 (2026-11-26): Hearth's exact llama_cpp.Llama arguments and LlamaCppBackend.load each load
+the model in a fresh process that first imports the engine (layers assigned to CUDA0, a CUDA0 compute buffer; with
+n_gpu_layers=0 nothing offloaded). But when this script built the 932 MiB model in its own process (numpy + the
+gguf writer) and then loaded it, llama_model_load_from_file segfaulted, three runs out of three, with and without
+the log callback. So the model is now built in a child process; --build-in-process brings the old order back.
+
 How it was run (helper session, lent H100/H200): llama-cpp-python 0.3.36 built on the GPU machine with
 CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90-real -DGGML_CUDA_FA=OFF -DGGML_NATIVE=OFF
 -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF"
@@ -36,6 +42,7 @@ import time
 from pathlib import Path
 
 from inference.engine.base import GenerationRequest, ModelSpec
+from inference.engine.formats import detect_format
 from inference.engine.llamacpp import LlamaCppBackend
 from inference.engine.sampling import SamplingParams
 from tests.factories import TINY_GGUF_EOS_ID, TINY_GGUF_IM_END_ID, build_tiny_gguf
@@ -149,18 +156,19 @@ class NoLog:
 
 
 def build_model(args) -> Path:
+    """Builds the GGUF in a child process unless --build-in-process (see the module docstring)."""
     path = Path(args.model_dir) / f"random-llama-{args.n_embd}x{args.n_layer}.gguf"
     built_at = time.perf_counter()
-    build_tiny_gguf(
-        path,
-        context_length=2048,
-        n_embd=args.n_embd,
-        n_layer=args.n_layer,
-        n_head=16 if args.n_embd >= 1024 else 4,
-        n_head_kv=4 if args.n_embd >= 1024 else 2,
-        n_ff=args.n_ff,
-        name="random-llama",
-    )
+    shape = dict(context_length=2048, n_embd=args.n_embd, n_layer=args.n_layer,
+                 n_head=16 if args.n_embd >= 1024 else 4, n_head_kv=4 if args.n_embd >= 1024 else 2,
+                 n_ff=args.n_ff, name="random-llama")
+    if args.build_in_process:
+        build_tiny_gguf(path, **shape)
+    else:
+        code = ("import sys; from pathlib import Path; from tests.factories import build_tiny_gguf; "
+                f"build_tiny_gguf(Path({str(path)!r}), **{shape!r})")
+        subprocess.run([sys.executable, "-c", code], check=True, timeout=600)
+    detect_format(path)  # the same header validation import_model runs before any backend sees a file
     print(
         f"model: {path} ({path.stat().st_size / 2**20:.0f} MiB f32, n_embd {args.n_embd}, "
         f"{args.n_layer} layers, n_ff {args.n_ff}), built in {time.perf_counter() - built_at:.1f} s"
@@ -184,6 +192,8 @@ def main() -> int:
         help="faulthandler writes a crash's Python stack here (llama-cpp-python "
         "sends stderr to /dev/null while it loads with verbose=False)",
     )
+    parser.add_argument("--build-in-process", action="store_true",
+                        help="build the model in this process (segfaulted at the first load on 2026-11-26)")
     parser.add_argument("--quick", action="store_true", help="a tiny model: checks the script, not the GPU")
     args = parser.parse_args()
     if args.quick:
