@@ -139,6 +139,9 @@ HEARTH_MAX_QUEUED = env_int("HEARTH_MAX_QUEUED", 32, minimum=0)
 HEARTH_N_GPU_LAYERS = env_int("HEARTH_N_GPU_LAYERS", -1, minimum=-1)
 HEARTH_N_THREADS = env_int("HEARTH_N_THREADS", 0, minimum=0) or None
 HEARTH_MODEL_MEMORY_BUDGET = env_bytes("HEARTH_MODEL_MEMORY_BUDGET", 8 * 1024**3)
+# A streamed response (SSE) takes what the worker produced at most this often, in one write: fewer wakeups and
+# writes per token at high token rates, at most this much added delay per token (0: one write per token).
+HEARTH_STREAM_INTERVAL_MS = env_int("HEARTH_STREAM_INTERVAL_MS", 50, minimum=0)
 HEARTH_RELAY_TTL_SECONDS = env_int("HEARTH_RELAY_TTL_SECONDS", 600, minimum=10)
 HEARTH_WORKER_HEARTBEAT_SECONDS = env_int("HEARTH_WORKER_HEARTBEAT_SECONDS", 5, minimum=1)
 HEARTH_EMBEDDED_WORKER = env_bool("HEARTH_EMBEDDED_WORKER", not PRODUCTION)
@@ -149,8 +152,10 @@ HEARTH_FALLBACK_CHAINS = env_json("HEARTH_FALLBACK_CHAINS", {"llamacpp": ["torch
 # Request bodies over this are refused with 413 (API) before they are read.
 HEARTH_MAX_BODY_BYTES = env_bytes("HEARTH_MAX_BODY_BYTES", 16 * 1024**2)
 DATA_UPLOAD_MAX_MEMORY_SIZE = HEARTH_MAX_BODY_BYTES
-# Model uploads arrive in chunks of a few MiB; this caps the whole file.
+# Model uploads arrive in chunks of a few MiB; this caps the whole file (or a folder's files together).
 HEARTH_MAX_UPLOAD_BYTES = env_bytes("HEARTH_MAX_UPLOAD_BYTES", 64 * 1024**3)
+# Unfinished uploads that received nothing for this long are swept away (their .part files and folders).
+HEARTH_UPLOAD_ABANDON_HOURS = env_int("HEARTH_UPLOAD_ABANDON_HOURS", 24, minimum=1)
 HEARTH_ADMIN_SECRET_FILE = Path(env_str("HEARTH_ADMIN_SECRET_FILE", str(DATA_DIR / "admin-credentials.txt")))
 
 LOGGING = {

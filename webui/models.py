@@ -56,7 +56,10 @@ class Message(models.Model):
 
 class Upload(models.Model):
     """A model file arriving in chunks. The bytes go to `MODELS_DIR/.uploads/<id>.part`; a reload or a dropped
-    connection resumes from `received`. Nothing is imported until the whole file is validated."""
+    connection resumes from `received`. Nothing is imported until the whole file is validated.
+
+    A Hugging Face directory sent as separate files lists them in `files` ({name, size, received} each); they
+    arrive in the staging folder `MODELS_DIR/.uploads/<id>/`, and `size`/`received` are the totals."""
 
     class Status(models.TextChoices):
         RECEIVING = "receiving"
@@ -71,6 +74,7 @@ class Upload(models.Model):
     received = models.BigIntegerField(default=0)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.RECEIVING)
     error_text = models.TextField(blank=True)
+    files = models.JSONField(default=list, blank=True)
     model = models.ForeignKey("inference.LocalModel", null=True, blank=True, on_delete=models.SET_NULL,
                               related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)

@@ -25,6 +25,7 @@ from inference.engine.base import EngineError
 from inference.engine.chat_template import conventional_template
 from inference.engine.registry import choose_backend
 from inference.models import FINISHED_STATUSES, GenerationJob, JobStatus
+from inference.presence import loaded_backends_by_path
 from inference.services import generation_cancel
 from inference.specs import effective_context
 from webui import selectors, services, uploads
@@ -124,13 +125,26 @@ def playground(request):
 def model_library(request):
     models = inference_selectors.model_list().annotate(
         running_jobs=Count("jobs", filter=Q(jobs__status=JobStatus.RUNNING)), last_used=Max("jobs__finished_at"))
-    rows = [{"model": m, "backend": choose_backend(m.format, m.backend), "context": effective_context(m)}
-            for m in models]
+    try:
+        loaded = loaded_backends_by_path()
+    except Exception:  # Redis unreachable: the page still lists the library, load state unknown
+        loaded = None
+    rows = [{"model": m, "backend": choose_backend(m.format, m.backend), "context": effective_context(m),
+             "load_state": _load_state(m, loaded)} for m in models]
     unfinished = (Upload.objects.filter(owner=request.user, status=Upload.Status.RECEIVING)[:20]
                   if request.user.is_staff else [])
     return render(request, "webui/models.html", {"rows": rows, "unfinished": unfinished,
                                                  "max_upload": uploads.max_upload_bytes(),
                                                  "chunk_bytes": min(4 * 1024**2, uploads.MAX_CHUNK_BYTES)})
+
+
+def _load_state(model, loaded: dict[str, list[str]] | None) -> str:
+    """What the workers' heartbeats say: loaded (on which backends), loading (a job runs, nothing loaded yet)."""
+    if loaded is None:
+        return "unknown"
+    if loaded.get(model.path):
+        return f"loaded ({', '.join(loaded[model.path])})"
+    return "loading" if model.running_jobs else "not loaded"
 
 
 @login_required
@@ -191,7 +205,8 @@ def _error(error: EngineError) -> JsonResponse:
 
 def _upload_json(upload: Upload) -> dict:
     return {"id": str(upload.id), "filename": upload.filename, "name": upload.name, "size": upload.size,
-            "received": upload.received, "status": upload.status, "error": upload.error_text}
+            "received": upload.received, "status": upload.status, "error": upload.error_text,
+            "files": upload.files}
 
 
 def _own_upload(request, upload_id) -> Upload:
@@ -204,15 +219,21 @@ def _own_upload(request, upload_id) -> Upload:
 @require_POST
 @admin_required
 def upload_create(request):
+    """JSON {filename, size, name} for one file (.gguf or .zip), or {files: [{name, size}, ...], name, folder}
+    for a Hugging Face folder sent as separate files."""
     try:
         data = json.loads(request.body or b"{}")
         size = int(data.get("size", 0))
     except (ValueError, TypeError, AttributeError):
-        return JsonResponse({"error": {"message": "Send JSON: {filename, size, name}.", "code": "bad_request"}},
-                            status=400)
+        return JsonResponse({"error": {"message": "Send JSON: {filename, size, name} or {files, name}.",
+                                       "code": "bad_request"}}, status=400)
     try:
-        upload = uploads.upload_start(owner=request.user, filename=str(data.get("filename", "")), size=size,
-                                      name=str(data.get("name") or ""))
+        if "files" in data:
+            upload = uploads.upload_folder_start(owner=request.user, files=data["files"],
+                                                 name=str(data.get("name") or ""), folder=str(data.get("folder") or ""))
+        else:
+            upload = uploads.upload_start(owner=request.user, filename=str(data.get("filename", "")), size=size,
+                                          name=str(data.get("name") or ""))
     except EngineError as error:
         return _error(error)
     return JsonResponse(_upload_json(upload), status=201)
@@ -221,7 +242,8 @@ def upload_create(request):
 @csrf_protect
 @admin_required
 def upload_detail(request, upload_id):
-    """GET: how far it got. PUT ?offset=N: the next chunk, raw bytes. DELETE: give up."""
+    """GET: how far it got. PUT ?offset=N (&file=NAME in a folder upload): the next chunk, raw bytes.
+    DELETE: give up."""
     upload = _own_upload(request, upload_id)
     if request.method == "GET":
         return JsonResponse(_upload_json(upload))
@@ -239,10 +261,11 @@ def upload_detail(request, upload_id):
                                        "code": "too_large"}}, status=413)
     data = request.read(uploads.MAX_CHUNK_BYTES + 1)
     try:
-        upload = uploads.upload_chunk(upload, int(offset), data)
+        upload = uploads.upload_chunk(upload, int(offset), data, file_name=request.GET.get("file"))
     except EngineError as error:
         response = _error(error)
         if error.code == "wrong_offset":
+            upload.refresh_from_db()
             response = JsonResponse({**json.loads(response.content), **_upload_json(upload)}, status=409)
         return response
     return JsonResponse(_upload_json(upload))

@@ -14,6 +14,9 @@ class Command(BaseCommand):
     def handle(self, *args, host, port, **options):
         from daphne.cli import CommandLineInterface
 
+        from webui.uploads import upload_sweep
+
+        upload_sweep()  # partial files of uploads abandoned while the server was down
         if settings.HEARTH_EMBEDDED_WORKER:
             from inference.embedded import start_embedded_worker
 
