@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.http import StreamingHttpResponse
 
 from api.errors import error_payload, error_response
@@ -75,23 +76,30 @@ async def cancel_job(job_id: str) -> None:
 
 
 class JobEvents:
-    """A job's events with the first one awaited up front."""
+    """A job's events with the first one awaited up front, read in lists paced by HEARTH_STREAM_INTERVAL_MS."""
 
     def __init__(self, job_id: str, after: int = 0):
         self.job_id = str(job_id)
-        self._events = get_relay().subscribe(self.job_id, after)
+        interval = settings.HEARTH_STREAM_INTERVAL_MS / 1000
+        self._batches = get_relay().subscribe_batches(self.job_id, after, interval=interval)
+        self._first_batch: list[tuple[int, dict[str, Any]]] = []
         self.first: dict[str, Any] | None = None
-        self.first_index = after
 
     async def wait_first(self) -> dict[str, Any]:
-        self.first_index, self.first = await asyncio.wait_for(anext(self._events), FIRST_EVENT_TIMEOUT_SECONDS)
+        self._first_batch = await asyncio.wait_for(anext(self._batches), FIRST_EVENT_TIMEOUT_SECONDS)
+        self.first = self._first_batch[0][1]
         return self.first
 
+    async def batches(self) -> AsyncIterator[list[tuple[int, dict[str, Any]]]]:
+        if self._first_batch:
+            yield self._first_batch
+        async for batch in self._batches:
+            yield batch
+
     async def __aiter__(self) -> AsyncIterator[tuple[int, dict[str, Any]]]:
-        if self.first is not None:
-            yield self.first_index, self.first
-        async for index, event in self._events:
-            yield index, event
+        async for batch in self.batches():
+            for item in batch:
+                yield item
 
     async def cancel(self) -> None:
         await cancel_job(self.job_id)
@@ -130,6 +138,10 @@ class ChoiceEvents:
             for task in tasks:
                 task.cancel()
 
+    async def batches(self) -> AsyncIterator[list[tuple[int, dict[str, Any]]]]:
+        async for item in self:
+            yield [item]
+
     async def cancel(self) -> None:
         for stream in self.streams:
             await stream.cancel()
@@ -155,17 +167,22 @@ def sse_response(
         outcomes: dict[int, JobOutcome] = {}
         finished = failed = False
         try:
-            async for index, event in events:
-                outcome = outcomes.setdefault(event.get("choice", 0), JobOutcome())
-                outcome.apply(event)
-                if event["kind"] == "error":
-                    payload = error_payload(event.get("message", "Generation failed."),
-                                            status=event.get("status", 500), code=event.get("code"))
-                    yield f"id: {index}\ndata: {json.dumps(payload)}\n\n"
-                    failed = True
+            async for batch in events.batches():  # one write per list of events, not one per token
+                lines = []
+                for index, event in batch:
+                    outcome = outcomes.setdefault(event.get("choice", 0), JobOutcome())
+                    outcome.apply(event)
+                    if event["kind"] == "error":
+                        payload = error_payload(event.get("message", "Generation failed."),
+                                                status=event.get("status", 500), code=event.get("code"))
+                        lines.append(f"id: {index}\ndata: {json.dumps(payload)}\n\n")
+                        failed = True
+                        break
+                    for chunk in render(index, event, outcome):
+                        lines.append(f"id: {index}\ndata: {json.dumps(chunk, separators=(',', ':'))}\n\n")
+                yield "".join(lines)
+                if failed:
                     break
-                for chunk in render(index, event, outcome):
-                    yield f"id: {index}\ndata: {json.dumps(chunk, separators=(',', ':'))}\n\n"
             finished = True
             yield "data: [DONE]\n\n"
         finally:

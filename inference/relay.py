@@ -62,7 +62,19 @@ class Relay:
     def expire(self, job_id: str) -> None:
         raise NotImplementedError
 
-    def subscribe(self, job_id: str, after: int = 0) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+    async def subscribe(self, job_id: str, after: int = 0) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+        """Every event after index `after`, one at a time, until the terminal one."""
+        async for batch in self.subscribe_batches(job_id, after):
+            for item in batch:
+                yield item
+
+    def subscribe_batches(self, job_id: str, after: int = 0, *, interval: float = 0.0
+                          ) -> AsyncIterator[list[tuple[int, dict[str, Any]]]]:
+        """The events after `after` in lists: whatever has arrived when the subscriber asks, never empty.
+
+        With `interval` > 0 a list is fetched at most once per `interval` seconds (the first one at once): a
+        fast generation reaches the subscriber in fewer, larger lists, so the web process wakes and writes
+        once per list instead of once per token."""
         raise NotImplementedError
 
     def request_cancel(self, job_id: str) -> None:
@@ -70,6 +82,22 @@ class Relay:
 
     def is_cancelled(self, job_id: str) -> bool:
         raise NotImplementedError
+
+
+def _numbered(events: list[dict[str, Any]], after: int) -> tuple[list[tuple[int, dict[str, Any]]], bool]:
+    """Number `events` from after + 1, cut after a terminal one; and whether one was there."""
+    batch = []
+    for index, event in enumerate(events, start=after + 1):
+        batch.append((index, event))
+        if is_terminal(event):
+            return batch, True
+    return batch, False
+
+
+async def _pace(fetched_at: float, interval: float) -> None:
+    remaining = fetched_at + interval - time.monotonic()
+    if remaining > 0:
+        await asyncio.sleep(remaining)
 
 
 @dataclass
@@ -110,7 +138,8 @@ class InProcessRelay(Relay):
                 del self._streams[key]
                 self._cancelled.pop(key, None)
 
-    async def subscribe(self, job_id: str, after: int = 0) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+    async def subscribe_batches(self, job_id: str, after: int = 0, *, interval: float = 0.0
+                                ) -> AsyncIterator[list[tuple[int, dict[str, Any]]]]:
         job_id = str(job_id)
         loop = asyncio.get_running_loop()
         while True:
@@ -123,11 +152,13 @@ class InProcessRelay(Relay):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(ready.wait(), SUBSCRIBE_BLOCK_SECONDS)
                 continue
-            for event in events:
-                after += 1
-                yield after, event
-                if is_terminal(event):
-                    return
+            fetched_at = time.monotonic()
+            batch, ended = _numbered(events, after)
+            after += len(batch)
+            yield batch
+            if ended:
+                return
+            await _pace(fetched_at, interval)
 
     def request_cancel(self, job_id: str) -> None:
         with self._lock:
@@ -162,7 +193,8 @@ class RedisStreamRelay(Relay):
         pipe.expire(self._cancel_key(job_id), self.ttl_seconds)
         pipe.execute()
 
-    async def subscribe(self, job_id: str, after: int = 0) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+    async def subscribe_batches(self, job_id: str, after: int = 0, *, interval: float = 0.0
+                                ) -> AsyncIterator[list[tuple[int, dict[str, Any]]]]:
         import redis.asyncio as aioredis
 
         client = aioredis.Redis.from_url(self.url)
@@ -170,13 +202,22 @@ class RedisStreamRelay(Relay):
         try:
             while True:
                 reply = await client.xread({key: f"{after}-0"}, block=SUBSCRIBE_BLOCK_SECONDS * 1000, count=512)
+                fetched_at = time.monotonic()
+                batch, ended = [], False
                 for _stream_key, entries in reply or []:
                     for entry_id, fields in entries:
                         after = int(entry_id.split(b"-")[0])
                         event = json.loads(fields[b"e"])
-                        yield after, event
+                        batch.append((after, event))
                         if is_terminal(event):
-                            return
+                            ended = True
+                            break
+                if not batch:
+                    continue
+                yield batch
+                if ended:
+                    return
+                await _pace(fetched_at, interval)
         finally:
             await client.aclose()
 

@@ -111,3 +111,44 @@ def test_it_refuses_out_of_order_indexes_in_process():
     relay.append("job", 1, {"kind": "token"})
     with pytest.raises(ValueError):
         relay.append("job", 3, {"kind": "token"})
+
+
+def test_paced_batches_gather_a_fast_stream_into_few_writes_and_lose_nothing(relay):
+    job = str(uuid.uuid4())
+    writer = threading.Thread(target=publish_tokens, args=(relay, job, 60), kwargs={"delay": 0.005})
+
+    async def gather():
+        batches, waits = [], []
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        async for batch in relay.subscribe_batches(job, 0, interval=0.1):
+            waits.append(loop.time() - last)
+            last = loop.time()
+            batches.append(batch)
+        return batches, waits
+
+    writer.start()
+    batches, waits = asyncio.run(gather())
+    writer.join()
+    indexes = [index for batch in batches for index, _ in batch]
+    assert indexes == list(range(1, 63))  # started, 60 tokens, done: numbered, in order, nothing twice
+    assert batches[-1][-1][1]["kind"] == "done"
+    assert len(batches) <= 8  # 60 tokens 5 ms apart, fetched at most every 100 ms
+    assert all(wait >= 0.09 for wait in waits[1:])
+
+
+def test_the_first_batch_comes_at_once_whatever_the_interval(relay):
+    job = str(uuid.uuid4())
+    relay.publisher(job).publish({"kind": "started", "prompt_tokens": 3})
+
+    async def first():
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        batches = relay.subscribe_batches(job, 0, interval=5.0)
+        batch = await anext(batches)
+        await batches.aclose()
+        return batch, loop.time() - started
+
+    batch, waited = asyncio.run(first())
+    assert batch == [(1, {"kind": "started", "prompt_tokens": 3})]
+    assert waited < 1.0
