@@ -102,3 +102,28 @@ def test_q8_0_quantization_makes_a_file_llama_cpp_runs(tmp_path):
 def test_it_refuses_an_unknown_output_type(tmp_path):
     with pytest.raises(ModelRefused, match="q4_k_m"):
         convert_hf_to_gguf(tmp_path, tmp_path / "x.gguf", "q3_zz")
+
+
+def test_q4_k_m_quantization_uses_k_quants_and_llama_cpp_runs_it(tmp_path):
+    import gguf
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from tests.unit.torch_models import make_tokenizer
+
+    # k-quants pack rows of 256 values: a model 256 wide gets real Q4_K tensors (narrower rows fall back).
+    config = LlamaConfig(vocab_size=320, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         bos_token_id=0, eos_token_id=1)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "hf", safe_serialization=True)
+    make_tokenizer(tmp_path / "hf")
+    f16 = convert_hf_to_gguf(tmp_path / "hf", tmp_path / "model-f16.gguf", "f16")
+    path = convert_hf_to_gguf(tmp_path / "hf", tmp_path / "model-q4_k_m.gguf", "q4_k_m")
+    reader = gguf.GGUFReader(path)
+    file_type = reader.fields["general.file_type"]
+    assert int(file_type.parts[file_type.data[0]][0]) == 15  # LLAMA_FTYPE_MOSTLY_Q4_K_M
+    tensor_types = {tensor.tensor_type.name for tensor in reader.tensors}
+    assert "Q4_K" in tensor_types
+    assert path.stat().st_size < 0.6 * f16.stat().st_size
+    assert not list(tmp_path.glob("*.partial"))
+    assert len(llama_cpp_greedy_tokens(path)) == STEPS
