@@ -17,7 +17,7 @@ from inference.engine.base import EngineError
 from inference.engine.registry import ModelCache
 from inference.models import GenerationJob, JobStatus
 from inference.relay import get_relay
-from inference.selection import select_and_load
+from inference.selection import job_needs, select_and_load
 from inference.specs import request_from_json
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,8 @@ def run_generation_job(job_id: str, hostname: str = "") -> None:
         if job.model is None:
             raise EngineError(f"The model {job.model_name!r} was deleted from the library.",
                               code="model_not_found", status=404)
-        selection = select_and_load(MODEL_CACHE, job.model, job.request.get("backend"))
+        selection = select_and_load(MODEL_CACHE, job.model, job.request.get("backend"),
+                                    job_needs(job.kind, job.request))
         backend, loaded = selection.backend, selection.loaded
         fields.update(backend=backend, fallbacks=selection.fallbacks)
         events = loaded.generate(request_from_json(job.request), should_stop=lambda: relay.is_cancelled(str(job.id)))
@@ -101,19 +102,19 @@ def run_generation_job(job_id: str, hostname: str = "") -> None:
 
 def run_embedding_job(job: GenerationJob) -> None:
     """An embedding job: "started", then "done" carrying the vectors (request {"input": [texts]})."""
-    from inference.engine.embeddings import CACHE_NAME, LlamaCppEmbeddingModel
-    from inference.specs import model_spec
-
     relay = get_relay()
     publisher = relay.publisher(str(job.id))
-    fields: dict[str, Any] = {"backend": "llamacpp"}
+    fields: dict[str, Any] = {}
     try:
         if job.model is None:
             raise EngineError(f"The model {job.model_name!r} was deleted from the library.",
                               code="model_not_found", status=404)
-        spec = model_spec(job.model)
-        loaded = MODEL_CACHE.get(CACHE_NAME, spec, load=lambda: LlamaCppEmbeddingModel(spec))
-        publisher.publish({"kind": "started", "backend": "llamacpp", "prompt_tokens": 0})
+        selection = select_and_load(MODEL_CACHE, job.model, job.request.get("backend"),
+                                    job_needs(job.kind, job.request))
+        loaded = selection.loaded
+        fields.update(backend=selection.backend, fallbacks=selection.fallbacks)
+        publisher.publish({"kind": "started", "backend": selection.backend, "fallbacks": selection.fallbacks,
+                           "prompt_tokens": 0})
         result = loaded.embed(job.request.get("input") or [], should_stop=lambda: relay.is_cancelled(str(job.id)))
         fields.update(status=JobStatus.SUCCEEDED, finish_reason="stop", prompt_tokens=result.prompt_tokens)
         terminal = {"kind": "done", "finish_reason": "stop", "prompt_tokens": result.prompt_tokens,

@@ -367,9 +367,13 @@ def upload_sweep(max_age_hours: float | None = None) -> list[str]:
 
 
 def model_delete(model: LocalModel) -> None:
-    """Remove a model from the library; its files go too when they live in our models folder."""
+    """Remove a model from the library; its files go too when they live in our models folder, and so does the GGUF
+    twin a worker converted it into for llama.cpp."""
+    from inference.selection import converted_path
+
     path = Path(model.path)
     library = Path(settings.MODELS_DIR).resolve()
+    converted_path(model).unlink(missing_ok=True)
     model.delete()
     if path.resolve().is_relative_to(library) and path.resolve() != library:
         if path.is_dir() and not path.is_symlink():

@@ -26,6 +26,7 @@ from inference.engine.chat_template import conventional_template
 from inference.engine.registry import choose_backend
 from inference.models import FINISHED_STATUSES, GenerationJob, JobStatus
 from inference.presence import loaded_backends_by_path
+from inference.selection import backend_rows, model_chain
 from inference.services import generation_cancel
 from inference.specs import effective_context
 from webui import selectors, services, uploads
@@ -164,6 +165,8 @@ def model_detail(request, name: str):
         "metadata_items": sorted((model.metadata or {}).items()),
         "conversions": model.conversions.select_related("result")[:10],
         "gguf_types": GGUF_TYPES,
+        "backend_rows": backend_rows(model),
+        "chain": model_chain(model),
     })
 
 

@@ -26,6 +26,7 @@ from api.tools import parse_tool_calls
 from inference import selectors
 from inference.engine.base import EngineError
 from inference.models import GenerationJob
+from inference.selection import capability_refusal
 from inference.services import embedding_start, generation_start
 
 router = Router(auth=ApiKeyAuth(), tags=["OpenAI"])
@@ -104,7 +105,8 @@ async def _start(request: HttpRequest, body, kind: str):
 
 
 def _backend_cannot_honour(model, body, engine_request):
-    """Grammars and log probabilities are llama.cpp's (GGUF models): 400 naming the parameter elsewhere."""
+    """Grammars and log probabilities are llama.cpp's: 400 naming the parameter when no backend of the model's
+    chain declares them (a Hugging Face model reaches llama.cpp converted to GGUF)."""
     wanted = []
     if getattr(engine_request, "grammar", None):
         wanted.append("tools" if getattr(body, "tools", None) and body.tool_choice not in (None, "auto", "none")
@@ -113,13 +115,12 @@ def _backend_cannot_honour(model, body, engine_request):
         wanted.append("logprobs")
     if not wanted:
         return None
-    backend = getattr(body, "backend", None) or model.backend or ("llamacpp" if model.format == "gguf" else "")
-    if model.format == "gguf" and backend == "llamacpp":
+    needs = frozenset("logprobs" if want == "logprobs" else "structured_output" for want in wanted)
+    refusal = capability_refusal(model, getattr(body, "backend", None), needs)
+    if refusal is None:
         return None
-    return error_response(
-        f"{wanted[0]} needs constrained decoding or log probabilities, which only the llama.cpp backend provides "
-        f"(GGUF models); {model.name!r} runs on {backend or model.format}. Convert it to GGUF or leave out "
-        f"'{wanted[0]}'.", param=wanted[0], code="unsupported_parameter")
+    return error_response(f"'{wanted[0]}' is not possible here: {refusal}", param=wanted[0],
+                          code="unsupported_parameter")
 
 
 def _fingerprint(first: dict[str, Any]) -> str:
@@ -292,6 +293,10 @@ async def embeddings(request: HttpRequest, body: oa.EmbeddingRequest):
     model, missing = await sync_to_async(_model_or_404)(body.model)
     if missing:
         return missing
+    refusal = capability_refusal(model, None, frozenset({"embeddings"}))
+    if refusal is not None:
+        return error_response(f"Embeddings are not possible here: {refusal}", param="model",
+                              code="unsupported_parameter")
     over_limit = await sync_to_async(check_concurrency)(request.auth, 1)
     if over_limit is not None:
         return over_limit

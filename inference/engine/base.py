@@ -132,6 +132,53 @@ def fit_history(
     return kept, dropped
 
 
+SAMPLING_PARAMETERS = ("temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty",
+                       "repeat_penalty", "repeat_last_n", "logit_bias", "seed")
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can honour; selection skips a backend that lacks what a request needs.
+
+    `formats` are the files it loads itself; `structured_output` is constrained decoding (GBNF grammars, so
+    JSON schemas and forced tool calls); `tools` is tool calling through the chat template (the server parses
+    the calls); `devices` are those the backend can drive where its build supports them.
+    """
+
+    formats: tuple[str, ...]
+    sampling: tuple[str, ...] = SAMPLING_PARAMETERS
+    structured_output: bool = False
+    tools: bool = True
+    embeddings: bool = False
+    logprobs: bool = False
+    devices: tuple[str, ...] = ("cpu",)
+
+    def lacks(self, needs: frozenset[str]) -> list[str]:
+        """The needs this backend cannot honour, in a stable order ("logprobs", "sampling:top_k", ...)."""
+        missing = []
+        for need in sorted(needs):
+            kind, _, detail = need.partition(":")
+            if kind == "sampling":
+                if detail not in self.sampling:
+                    missing.append(need)
+            elif not getattr(self, kind, False):
+                missing.append(need)
+        return missing
+
+
+# Each backend class declares its own (`capabilities = BACKEND_CAPABILITIES[name]`); they live here so that the
+# web process can show and check them without importing torch, llama.cpp or mlx.
+BACKEND_CAPABILITIES = {
+    # llama-cpp-python fixes the penalty window at 64 tokens; grammars, logprobs and embeddings are its own.
+    "llamacpp": Capabilities(
+        formats=("gguf",), sampling=tuple(p for p in SAMPLING_PARAMETERS if p != "repeat_last_n"),
+        structured_output=True, embeddings=True, logprobs=True, devices=("cpu", "cuda", "metal", "vulkan"),
+    ),
+    "torch": Capabilities(formats=("hf-safetensors", "gguf"), devices=("cpu", "cuda")),
+    "mlx": Capabilities(formats=("mlx", "hf-safetensors"), devices=("cpu", "metal")),
+}
+
+
 class LoadedModel(Protocol):
     n_ctx: int
     memory_bytes: int
@@ -150,6 +197,7 @@ class LoadedModel(Protocol):
 
 class Backend(Protocol):
     name: str
+    capabilities: Capabilities
 
     def unavailable_reason(self) -> str | None:
         """None when the backend can run on this machine, else what is missing and how to fix it."""

@@ -25,6 +25,9 @@ OUT_TYPES = ("f32", "f16", "q8_0", "q4_k_m")
 # llama.cpp's llama_ftype values
 LLAMA_FTYPES = {"f32": 0, "f16": 1, "q8_0": 7, "q4_k_m": 15}
 
+# Architectures llama.cpp runs that the torch engine does not: converted with their own small tensor map.
+CONVERTER_ONLY = {"olmo": "inference.engine.convert_olmo"}
+
 # GGUF token types
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 BYTE_TOKEN = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
@@ -34,13 +37,12 @@ def convert_hf_to_gguf(src_dir: str | Path, dst_path: str | Path, out_type: str 
                        progress: Callable[[float], None] = lambda fraction: None) -> Path:
     """Write the checkpoint in `src_dir` as one GGUF file at `dst_path`; `progress` gets 0.0 .. 1.0."""
     from inference.engine.torch.loader import read_config
-    from inference.engine.torch.models import architecture_for
 
     if out_type not in OUT_TYPES:
         raise ModelRefused(f"Unknown GGUF type {out_type!r}: choose one of {', '.join(OUT_TYPES)}.")
     src_dir, dst_path = Path(src_dir), Path(dst_path)
     config = read_config(src_dir)
-    arch = architecture_for(config["model_type"])
+    arch = converter_for(config.get("model_type", ""))
     args = arch.Args.from_config(config)
     metadata = arch.gguf_metadata(args)  # refuses what llama.cpp cannot run faithfully
     tmp_path = dst_path.with_name(dst_path.name + ".partial")
@@ -59,6 +61,26 @@ def convert_hf_to_gguf(src_dir: str | Path, dst_path: str | Path, out_type: str 
         tmp_path.unlink(missing_ok=True)
     progress(1.0)
     return dst_path
+
+
+def converter_for(model_type: str):
+    """The architecture module that maps `model_type`'s tensors to GGUF: the torch engine's, or a converter-only one."""
+    import importlib
+
+    from inference.engine.torch.models import MODEL_TYPES, architecture_for
+
+    if model_type in CONVERTER_ONLY:
+        return importlib.import_module(CONVERTER_ONLY[model_type])
+    if model_type in MODEL_TYPES:
+        return architecture_for(model_type)
+    known = ", ".join(sorted({*MODEL_TYPES, *CONVERTER_ONLY}))
+    raise ModelRefused(f"The GGUF converter does not know model_type {model_type!r}; it converts {known}.")
+
+
+def can_convert(model_type: str) -> bool:
+    from inference.engine.torch.models import MODEL_TYPES
+
+    return model_type in CONVERTER_ONLY or model_type in MODEL_TYPES
 
 
 def _write_gguf(src_dir: Path, path: Path, arch, args, config: dict[str, Any], metadata: dict[str, Any],

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from inference.engine.base import (
+    BACKEND_CAPABILITIES,
     BackendUnavailable,
     ContextLengthExceeded,
     GenerationEvent,
@@ -42,6 +43,7 @@ def default_threads() -> int:
 
 class LlamaCppBackend:
     name = "llamacpp"
+    capabilities = BACKEND_CAPABILITIES["llamacpp"]  # grammars, logprobs and embeddings; penalty window fixed
 
     def unavailable_reason(self) -> str | None:
         try:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from inference.engine.base import (
+    BACKEND_CAPABILITIES,
     BackendUnavailable,
     ContextLengthExceeded,
     GenerationEvent,
@@ -52,6 +53,7 @@ def mlx_import_error() -> str | None:
 
 class MlxBackend:
     name = "mlx"
+    capabilities = BACKEND_CAPABILITIES["mlx"]  # no grammars, logprobs or embeddings
 
     def unavailable_reason(self) -> str | None:
         error = mlx_import_error()

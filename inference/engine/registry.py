@@ -1,18 +1,27 @@
 """Backend selection and the per-process model cache.
 
 `backend_for(name)` returns a backend by name; `native_backend(format)` says which backend a format runs on
-by default; `ModelCache` keeps loaded models across jobs and evicts the least recently used when a memory
-budget would be exceeded.
+by default; `capabilities_for(name)` what it can honour (without importing it); `weights_bytes` what a model's
+weights take on a backend, checked against the memory budget before loading; `ModelCache` keeps loaded models
+across jobs and evicts the least recently used when a memory budget would be exceeded.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
-from inference.engine.base import Backend, BackendUnavailable, LoadedModel, ModelSpec
+from inference.engine.base import (
+    BACKEND_CAPABILITIES,
+    Backend,
+    BackendUnavailable,
+    Capabilities,
+    LoadedModel,
+    ModelSpec,
+)
 
 BACKEND_CLASSES = {
     "llamacpp": "inference.engine.llamacpp:LlamaCppBackend",
@@ -20,6 +29,7 @@ BACKEND_CLASSES = {
     "mlx": "inference.engine.mlx:MlxBackend",
 }
 NATIVE_BACKENDS = {"gguf": "llamacpp", "hf-safetensors": "torch", "mlx": "mlx"}
+BACKEND_PACKAGES = {"llamacpp": ("llama_cpp",), "torch": ("torch",), "mlx": ("mlx", "mlx_lm")}
 
 
 def backend_for(name: str) -> Backend:
@@ -32,6 +42,34 @@ def backend_for(name: str) -> Backend:
     except ImportError as error:
         raise BackendUnavailable(f"The {name} backend cannot be imported here: {error}.") from error
     return getattr(module, class_name)()
+
+
+def installed(name: str) -> bool:
+    """Whether the backend's packages are present, found without importing them (mlx-lm alone takes seconds)."""
+    return all(importlib.util.find_spec(package) is not None for package in BACKEND_PACKAGES[name])
+
+
+def capabilities_for(name: str) -> Capabilities:
+    return BACKEND_CAPABILITIES[name]
+
+
+def weights_bytes(backend_name: str, spec: ModelSpec, parameter_count: int, size_bytes: int) -> int:
+    """Memory the weights take once loaded: torch holds every parameter in its compute dtype (f32 on CPU,
+    16-bit on CUDA); llama.cpp and mlx map the file as it is (a Hugging Face model reaches llama.cpp as an
+    f16 GGUF)."""
+    if backend_name == "torch":
+        return parameter_count * _torch_element_bytes(spec.options.get("dtype"))
+    if backend_name == "llamacpp" and spec.format == "hf-safetensors":
+        return parameter_count * 2
+    return size_bytes
+
+
+def _torch_element_bytes(dtype: str | None) -> int:
+    if dtype:
+        return 4 if dtype == "float32" else 2
+    import torch
+
+    return 2 if torch.cuda.is_available() else 4
 
 
 def native_backend(model_format: str) -> str:

@@ -95,13 +95,14 @@ def test_a_conversation_with_tool_results_continues(embedded_server):
     assert completion.usage.prompt_tokens > 100  # the tools and the exchange are in the prompt
 
 
-def test_a_backend_that_cannot_constrain_decoding_refuses_by_name(embedded_server):
+def test_a_model_whose_backends_cannot_constrain_decoding_refuses_by_name(embedded_server):
+    # hf-mlx runs on mlx, then torch: neither has grammars or logprobs (hf-tiny would reach llama.cpp, converted)
     for extra, param in [({"response_format": {"type": "json_object"}}, "response_format"),
                          ({"tools": WEATHER, "tool_choice": "required"}, "tools"),
                          ({"logprobs": True}, "logprobs")]:
         response = httpx.post(f"{embedded_server.base_url}/v1/chat/completions", timeout=60,
                               headers={"Authorization": f"Bearer {embedded_server.api_key}"},
-                              json={"model": "hf-tiny", "messages": USER, "max_tokens": 2, **extra})
+                              json={"model": "hf-mlx", "messages": USER, "max_tokens": 2, **extra})
         assert response.status_code == 400, response.text
         assert response.json()["error"]["param"] == param
         assert "llama.cpp" in response.json()["error"]["message"]

@@ -143,6 +143,17 @@ def test_an_admin_deletes_a_model_and_its_files(admin_client, library, tiny_gguf
     assert not (library / "gone.gguf").exists()
 
 
+def test_deleting_a_model_removes_the_gguf_a_worker_converted_it_into(admin_client, library, tiny_gguf):
+    from inference.selection import converted_path
+
+    upload(admin_client, "twin.gguf", tiny_gguf.read_bytes())
+    twin = converted_path(LocalModel.objects.get(name="twin"))
+    twin.parent.mkdir(parents=True, exist_ok=True)
+    twin.write_bytes(b"GGUF converted for llama.cpp")
+    assert admin_client.post("/models/twin/delete/").status_code == 302
+    assert not twin.exists()
+
+
 def test_a_member_gets_403_and_sees_no_upload_or_delete_controls(member_client, library, tiny_gguf):
     LocalModel.objects.create(name="kept", path=str(tiny_gguf), format="gguf")
     assert start(member_client, "x.gguf", 10).status_code == 403

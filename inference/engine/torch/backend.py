@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 from inference.engine.base import (
+    BACKEND_CAPABILITIES,
     ContextLengthExceeded,
     GenerationEvent,
     GenerationRequest,
@@ -27,6 +28,7 @@ from inference.engine.torch.tokenizer import TextTokenizer
 
 class TorchBackend:
     name = "torch"
+    capabilities = BACKEND_CAPABILITIES["torch"]  # sampling only: no grammars, logprobs or embeddings
 
     def unavailable_reason(self) -> str | None:
         return None  # torch is a core dependency; CPU always works

@@ -1,0 +1,65 @@
+"""OLMo (1) for the GGUF converter only: llama.cpp runs it, the torch engine does not.
+
+OLMo is Llama's layout without norm weights: its layer norms have no parameters (llama.cpp's "olmo" graph
+normalises with none), and `clip_qkv` clamps the projections. So the tensors are Llama's minus the norms,
+with the same Q/K row permutation for llama.cpp's rope (as llama.cpp's own convert_hf_to_gguf.py does).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from inference.engine.base import ModelRefused
+from inference.engine.torch.models import llama, weights
+
+GGUF_ARCH = "olmo"
+LAYER_NORM_EPS = 1e-5  # OLMo's parameter-free layer norm
+
+GLOBAL_WEIGHTS = {
+    "embed.weight": ("model.embed_tokens.weight", "token_embd.weight"),
+    "lm_head.weight": ("lm_head.weight", "output.weight"),
+}
+LAYER_WEIGHTS = {name: pair for name, pair in llama.LAYER_WEIGHTS.items() if "norm" not in name}
+
+
+class Args(llama.Args):
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Args:
+        args = super().from_config(config)
+        args.extra["clip_qkv"] = config.get("clip_qkv")
+        return args
+
+
+def weight_names(args: Args) -> list[weights.WeightName]:
+    globals_ = dict(GLOBAL_WEIGHTS)
+    if args.tie_word_embeddings:
+        del globals_["lm_head.weight"]
+    return weights.expand(globals_, LAYER_WEIGHTS, args.n_layers)
+
+
+def to_gguf(ours: str, tensor: torch.Tensor, args: Args) -> torch.Tensor:
+    return llama.to_gguf(ours, tensor, args)
+
+
+def gguf_metadata(args: Args) -> dict[str, Any]:
+    if args.attention_bias:
+        raise ModelRefused("This OLMo checkpoint has attention biases, which llama.cpp's olmo graph lacks.")
+    if args.rope_scaling:
+        raise ModelRefused("This OLMo checkpoint scales its rope, which the converter does not carry over.")
+    meta = {
+        "context_length": args.max_position_embeddings,
+        "embedding_length": args.hidden_size,
+        "block_count": args.n_layers,
+        "feed_forward_length": args.intermediate_size,
+        "attention.head_count": args.n_heads,
+        "attention.head_count_kv": args.n_kv_heads,
+        "attention.layer_norm_epsilon": LAYER_NORM_EPS,
+        "rope.dimension_count": args.head_dim,
+        "rope.freq_base": args.rope_theta,
+        "vocab_size": args.vocab_size,
+    }
+    if args.extra.get("clip_qkv") is not None:
+        meta["attention.clamp_kqv"] = float(args.extra["clip_qkv"])
+    return meta
