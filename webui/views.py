@@ -26,7 +26,7 @@ from inference.engine.chat_template import conventional_template
 from inference.engine.registry import choose_backend
 from inference.models import FINISHED_STATUSES, GenerationJob, JobStatus
 from inference.presence import loaded_backends_by_path
-from inference.selection import backend_rows, model_chain
+from inference.selection import backend_rows, converted_path, model_chain
 from inference.services import generation_cancel
 from inference.specs import effective_context
 from webui import selectors, services, uploads
@@ -143,8 +143,9 @@ def _load_state(model, loaded: dict[str, list[str]] | None) -> str:
     """What the workers' heartbeats say: loaded (on which backends), loading (a job runs, nothing loaded yet)."""
     if loaded is None:
         return "unknown"
-    if loaded.get(model.path):
-        return f"loaded ({', '.join(loaded[model.path])})"
+    backends = loaded.get(model.path, []) + loaded.get(str(converted_path(model)), [])  # or as its GGUF twin
+    if backends:
+        return f"loaded ({', '.join(backends)})"
     return "loading" if model.running_jobs else "not loaded"
 
 

@@ -50,6 +50,8 @@ class LlamaCppBackend:
             import llama_cpp  # noqa: F401
         except ImportError as error:
             return f"llama-cpp-python is not installed ({error}): {INSTALL_HINT}"
+        except Exception as error:  # a broken install (a syntax error, a missing shared library) is as unusable
+            return f"llama-cpp-python is installed but fails to import ({type(error).__name__}: {error}): {INSTALL_HINT}"
         return None
 
     def load(self, spec: ModelSpec) -> LlamaCppModel:

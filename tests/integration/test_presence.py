@@ -94,4 +94,11 @@ def test_the_library_page_reads_each_models_load_state_from_the_beats(client, se
         get_presence().leave("w1@test")
         get_presence().leave("w2@test")
     assert states()["warm"] == "not loaded"
+    from inference.selection import converted_path
+
+    get_presence().beat("w3@test", [("llamacpp", str(converted_path(warm)))])  # running as its GGUF twin
+    try:
+        assert states()["warm"] == "loaded (llamacpp)"
+    finally:
+        get_presence().leave("w3@test")
     get_presence.cache_clear()

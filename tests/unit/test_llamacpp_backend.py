@@ -131,3 +131,16 @@ def test_it_bans_a_token_with_logit_bias(model):
     banned = run(model, GenerationRequest(prompt="the", max_tokens=1,
                                           sampling=SamplingParams(temperature=0, logit_bias={first: -100})))
     assert all(e.token_id != first for e in banned if e.kind == "token")
+
+
+def test_a_broken_llama_cpp_install_is_reported_unavailable_not_raised(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "llama_cpp").mkdir()
+    (tmp_path / "llama_cpp" / "__init__.py").write_text("def broken(:\n")
+    code = "from inference.engine.llamacpp import LlamaCppBackend; print(LlamaCppBackend().unavailable_reason())"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={"PYTHONPATH": f"{tmp_path}:.", "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    assert "fails to import (SyntaxError" in result.stdout
