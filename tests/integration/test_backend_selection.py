@@ -178,14 +178,15 @@ def test_the_model_page_shows_the_capability_matrix_and_the_chain(embedded_serve
 
 @pytest.fixture(scope="module")
 def server_without_llamacpp_or_mlx(tmp_path_factory, tiny_gguf, tiny_hf):
-    """llama_cpp and mlx shadowed by packages whose import fails, as on a machine that lacks them."""
+    """llama_cpp and mlx shadowed by packages whose import fails, as on a machine that lacks them; the server's
+    default backend is llamacpp (for a GGUF the same as the format's native one)."""
     data_dir = tmp_path_factory.mktemp("missing-backends")
     shim = data_dir / "shim"
     for package in ("llama_cpp", "mlx"):
         (shim / package).mkdir(parents=True)
         (shim / package / "__init__.py").write_text(f"raise ImportError({f'No module named {package!r}'!r})\n")
     server = servers.start_embedded(data_dir / "server", {"tiny": tiny_gguf, "hf-tiny": tiny_hf},
-                                    PYTHONPATH=str(shim))
+                                    PYTHONPATH=str(shim), HEARTH_DEFAULT_BACKEND="llamacpp")
     yield server
     server.stop()
 
@@ -203,6 +204,15 @@ def test_an_mlx_choice_runs_on_torch_when_mlx_is_not_installed(server_without_ll
     assert response.headers["x-hearth-backend"] == "torch"
     assert "mlx: not available here: mlx is not installed: pip install 'hearth[mlx]'" in (
         response.headers["x-hearth-fallback"])
+
+
+def test_the_server_default_comes_before_the_format_and_after_the_request(server_without_llamacpp_or_mlx):
+    response = chat(server_without_llamacpp_or_mlx, "hf-tiny")  # the format says torch, the server llamacpp
+    assert response.headers["x-hearth-backend"] == "torch"
+    assert response.headers["x-hearth-fallback"].startswith("llamacpp: not available here")
+    response = chat(server_without_llamacpp_or_mlx, "hf-tiny", extra_body={"backend": "torch"})
+    assert response.headers["x-hearth-backend"] == "torch"
+    assert "x-hearth-fallback" not in response.headers
 
 
 def test_the_503_says_how_to_install_and_how_to_convert(server_without_llamacpp_or_mlx, tmp_path):
