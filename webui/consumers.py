@@ -22,6 +22,7 @@ import uuid
 
 from asgiref.sync import sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
 
 from inference.engine.base import EngineError, GenerationRequest
 from inference.models import GenerationJob
@@ -168,11 +169,13 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def _forward(self, job_id: str, after: int) -> None:
         try:
-            async for index, event in get_relay().subscribe(job_id, after):
-                await self.send_json({"type": "event", "job": job_id, "index": index, "event": event})
-                if event.get("kind") == "started" and event.get("dropped_messages"):
-                    await Message.objects.filter(job_id=job_id).aupdate(
-                        dropped_messages=int(event["dropped_messages"]))
+            interval = settings.HEARTH_STREAM_INTERVAL_MS / 1000
+            async for batch in get_relay().subscribe_batches(job_id, after, interval=interval):
+                for index, event in batch:
+                    await self.send_json({"type": "event", "job": job_id, "index": index, "event": event})
+                    if event.get("kind") == "started" and event.get("dropped_messages"):
+                        await Message.objects.filter(job_id=job_id).aupdate(
+                            dropped_messages=int(event["dropped_messages"]))
             await self._settle(job_id)
         except asyncio.CancelledError:
             raise
