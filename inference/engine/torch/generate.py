@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
-from inference.engine.sampling import SamplingParams, make_generator, sample_next_token
+from inference.engine.sampling import SamplingParams, make_generator, sample_next_token, sample_rows
 from inference.engine.torch.models.layers import ForwardStep, KVCache
 
 PREFILL_CHUNK = 512  # prompt tokens per forward pass: bounds the (T, L) attention masks
@@ -16,14 +16,22 @@ PREFILL_CHUNK = 512  # prompt tokens per forward pass: bounds the (T, L) attenti
 @torch.inference_mode()
 def prefill(model, cache: KVCache, tokens: Sequence[int], *, row: int = 0, start: int = 0) -> torch.Tensor:
     """Run the prompt `tokens` into cache row `row` from position `start`; logits (V,) of the last one."""
+    return prefill_rows(model, cache, [tokens], first_row=row, start=start)[0]
+
+
+@torch.inference_mode()
+def prefill_rows(model, cache: KVCache, prompts: Sequence[Sequence[int]], *, first_row: int = 0,
+                 start: int = 0) -> torch.Tensor:
+    """Run prompts of equal length into cache rows first_row, first_row + 1, ... in one pass each chunk
+    (the weights are read once for all of them); logits (B, V) of their last tokens."""
     device = cache.keys[0].device
+    rows = slice(first_row, first_row + len(prompts))
     logits = None
-    for offset in range(0, len(tokens), PREFILL_CHUNK):
-        chunk = torch.tensor([tokens[offset : offset + PREFILL_CHUNK]], device=device)  # (1, T)
-        positions = torch.arange(chunk.shape[1], device=device)[None] + start + offset  # (1, T)
-        step = ForwardStep(positions, rows=slice(row, row + 1))
-        logits = model(chunk, step, cache, last_only=True)  # (1, 1, V)
-    return logits[0, -1]
+    for offset in range(0, len(prompts[0]), PREFILL_CHUNK):
+        chunk = torch.tensor([p[offset : offset + PREFILL_CHUNK] for p in prompts], device=device)  # (B, T)
+        positions = torch.arange(chunk.shape[1], device=device)[None].expand(len(prompts), -1) + start + offset
+        logits = model(chunk, ForwardStep(positions, rows=rows), cache, last_only=True)  # (B, 1, V)
+    return logits[:, -1]
 
 
 @torch.inference_mode()
@@ -63,16 +71,17 @@ def generate_batch(model, cache: KVCache, prompts: Sequence[Sequence[int]], *, p
     histories = [list(p) for p in prompts]
     outputs: list[list[int]] = [[] for _ in prompts]
     finished = [False] * len(prompts)
-    logits = torch.stack([prefill(model, cache, p, row=i) for i, p in enumerate(prompts)])  # (B, V)
+    if len({len(p) for p in prompts}) == 1:
+        logits = prefill_rows(model, cache, prompts)  # (B, V)
+    else:
+        logits = torch.stack([prefill(model, cache, p, row=i) for i, p in enumerate(prompts)])  # (B, V)
     for _ in range(max_new_tokens):
-        next_tokens = []
-        for i, row_logits in enumerate(logits):
-            token = sample_next_token(row_logits, params, histories[i], generator)
+        next_tokens = sample_rows(logits, params, histories, generator)
+        for i, token in enumerate(next_tokens):
             histories[i].append(token)
             if not finished[i]:
                 outputs[i].append(token)
                 finished[i] = token in stop_ids or len(outputs[i]) >= max_new_tokens
-            next_tokens.append(token)
         if all(finished):
             break
         positions = torch.tensor([len(h) - 1 for h in histories], device=device)  # (B,)

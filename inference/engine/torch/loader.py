@@ -19,6 +19,7 @@ from safetensors import safe_open
 
 from inference.engine.base import ModelRefused
 from inference.engine.torch.models import architecture_for
+from inference.engine.torch.models.layers import fuse_projections
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -132,6 +133,7 @@ def build_model(arch: ModuleType, args: Any, tensors: Iterable[tuple[str, torch.
         raise ModelRefused(f"Missing tensors: {', '.join(sorted(missing)[:5])}.")
     model.load_state_dict(state, strict=True, assign=True)
     model.reset_buffers(device)
+    fuse_projections(model)
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval()

@@ -24,12 +24,18 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.unit_offset = unit_offset
         self.weight = nn.Parameter(torch.zeros(dim) if unit_offset else torch.ones(dim), requires_grad=False)
+        self.scale: torch.Tensor | None = None  # Gemma's fp32 `1 + weight`, once fused
+
+    def fuse(self) -> None:
+        if self.unit_offset:
+            self.scale = 1.0 + self.weight.float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.unit_offset:  # all in fp32, one kernel
+            scale = self.scale if self.scale is not None else 1.0 + self.weight.float()
+            return F.rms_norm(x.float(), scale.shape, scale, self.eps).to(x.dtype)
         x32 = x.float()
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        if self.unit_offset:
-            return (normed * (1.0 + self.weight.float())).to(x.dtype)
         return self.weight * normed.to(x.dtype)
 
 
@@ -91,6 +97,34 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fused projections
+
+
+def fuse_linears(*linears: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One weight (sum of outputs, C) for several projections of the same input, so a decode step runs
+    one matmul instead of several. Each module's weight (and bias) becomes a view of the fused tensor:
+    no memory is duplicated and the named parameters stay as loaded."""
+    weight = torch.cat([m.weight for m in linears])
+    bias = torch.cat([m.bias for m in linears]) if linears[0].bias is not None else None
+    start = 0
+    for m in linears:
+        stop = start + m.out_features
+        m.weight = nn.Parameter(weight[start:stop], requires_grad=False)
+        if bias is not None:
+            m.bias = nn.Parameter(bias[start:stop], requires_grad=False)
+        start = stop
+    return weight, bias
+
+
+def fuse_projections(model: nn.Module) -> None:
+    """Once the weights are loaded: fuse every Attention's q/k/v and every GatedMLP's gate/up, and
+    precompute Gemma's norm scales."""
+    for module in model.modules():
+        if isinstance(module, (Attention, GatedMLP, RMSNorm)):
+            module.fuse()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -182,15 +216,16 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
 
 def _attend_one_query(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                       scale: float) -> torch.Tensor:
-    """Decoding: one query per sequence. Two small matmuls beat SDPA's CPU kernel here."""
+    """Decoding: one query per sequence. The H/Hkv query heads that share a key/value head become
+    that head's "query positions", so one SDPA call runs without repeating k/v (SDPA's own
+    `enable_gqa` and two plain matmuls are several times slower on CPU, in bf16 above all)."""
     batch, n_heads, _, head_dim = q.shape
     n_kv = k.shape[1]
     q = q.view(batch, n_kv, n_heads // n_kv, head_dim)  # (B, Hkv, H/Hkv, D): the heads sharing each k/v
-    scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # (B, Hkv, H/Hkv, L)
     if mask is not None:
-        scores = scores.masked_fill(~mask.view(batch, 1, 1, -1), float("-inf"))  # mask (B, 1, 1, L)
-    weights = torch.softmax(scores.float(), dim=-1).to(v.dtype)
-    return torch.matmul(weights, v).view(batch, n_heads, 1, head_dim)  # (B, H, 1, D)
+        mask = mask.view(batch, 1, 1, -1)  # (B, 1, 1, L): the same keys for every head of a sequence
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)  # (B, Hkv, H/Hkv, D)
+    return out.view(batch, n_heads, 1, head_dim)  # (B, H, 1, D)
 
 
 class Attention(nn.Module):
@@ -211,13 +246,27 @@ class Attention(nn.Module):
         if qk_norm_eps is not None:
             self.q_norm = RMSNorm(head_dim, qk_norm_eps, unit_offset=norm_unit_offset)
             self.k_norm = RMSNorm(head_dim, qk_norm_eps, unit_offset=norm_unit_offset)
+        self.qkv_weight: torch.Tensor | None = None  # (H*D + 2*Hkv*D, C) once fused
+        self.qkv_bias: torch.Tensor | None = None
+
+    def fuse(self) -> None:
+        self.qkv_weight, self.qkv_bias = fuse_linears(self.q, self.k, self.v)
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, T, C) -> q (B, T, H*D), k and v (B, T, Hkv*D)."""
+        if self.qkv_weight is None:
+            return self.q(x), self.k(x), self.v(x)
+        kv_size = self.n_kv_heads * self.head_dim
+        return F.linear(x, self.qkv_weight, self.qkv_bias).split(
+            [self.n_heads * self.head_dim, kv_size, kv_size], dim=-1)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], layer: int,
                 step: ForwardStep, cache: KVCache) -> torch.Tensor:
         batch, n_new, _ = x.shape  # (B, T, C)
-        q = self.q(x).view(batch, n_new, self.n_heads, self.head_dim)  # (B, T, H, D)
-        k = self.k(x).view(batch, n_new, self.n_kv_heads, self.head_dim)  # (B, T, Hkv, D)
-        v = self.v(x).view(batch, n_new, self.n_kv_heads, self.head_dim)
+        q, k, v = self.project(x)
+        q = q.view(batch, n_new, self.n_heads, self.head_dim)  # (B, T, H, D)
+        k = k.view(batch, n_new, self.n_kv_heads, self.head_dim)  # (B, T, Hkv, D)
+        v = v.view(batch, n_new, self.n_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H or Hkv, T, D)
@@ -242,13 +291,34 @@ class GatedMLP(nn.Module):
             self.act = lambda x: F.gelu(x, approximate="tanh")
         else:
             raise ModelRefused(f"Unsupported activation {activation!r}: supported are silu and gelu_pytorch_tanh.")
+        self.gate_up_weight: torch.Tensor | None = None  # (2 * intermediate, C) once fused
+
+    def fuse(self) -> None:
+        self.gate_up_weight, _ = fuse_linears(self.gate, self.up)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(self.act(self.gate(x)) * self.up(x))
+        if self.gate_up_weight is None:
+            return self.down(self.act(self.gate(x)) * self.up(x))
+        gate, up = F.linear(x, self.gate_up_weight).chunk(2, dim=-1)  # each (B, T, intermediate)
+        return self.down(self.act(gate) * up)
 
 
 def logits_of(hidden: torch.Tensor, lm_head: torch.Tensor, last_only: bool) -> torch.Tensor:
     """hidden (B, T, C) -> logits (B, T, V), or (B, 1, V) for the last position only."""
     if last_only:
-        hidden = hidden[:, -1:]
+        # as a 2-D (B, C): a (B, 1, C) slice of (B, T, C) keeps odd strides that send bf16 to a kernel
+        # some 50x slower (seconds per call for a 262k vocabulary)
+        return _few_rows_linear(hidden[:, -1], lm_head)[:, None]  # (B, 1, V)
     return F.linear(hidden, lm_head)
+
+
+def _few_rows_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x (M, C) @ weight (V, C).T for a few rows M. On CPU in fp32, F.linear's matrix-vector kernel runs
+    on one thread (about 11 GB/s here); cutting the weight into row blocks and running them as a batched
+    matmul spreads them over all threads: the 262k x 640 output projection takes half the time."""
+    n_rows, width = weight.shape
+    blocks = 4 * torch.get_num_threads()
+    if weight.device.type != "cpu" or weight.dtype != torch.float32 or n_rows % blocks or x.shape[0] > 16:
+        return F.linear(x, weight)
+    out = torch.bmm(weight.view(blocks, n_rows // blocks, width), x.T.expand(blocks, width, x.shape[0]))
+    return out.view(n_rows, x.shape[0]).T  # (M, V)
