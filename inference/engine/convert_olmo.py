@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from inference.engine.base import ModelRefused
 from inference.engine.torch.models import llama, weights
 
@@ -33,14 +31,10 @@ class Args(llama.Args):
 
 
 def weight_names(args: Args) -> list[weights.WeightName]:
-    globals_ = dict(GLOBAL_WEIGHTS)
-    if args.tie_word_embeddings:
-        del globals_["lm_head.weight"]
-    return weights.expand(globals_, LAYER_WEIGHTS, args.n_layers)
+    return weights.expand(GLOBAL_WEIGHTS, LAYER_WEIGHTS, args.n_layers, tied_embeddings=args.tie_word_embeddings)
 
 
-def to_gguf(ours: str, tensor: torch.Tensor, args: Args) -> torch.Tensor:
-    return llama.to_gguf(ours, tensor, args)
+to_gguf = llama.to_gguf  # the same Q/K row permutation
 
 
 def gguf_metadata(args: Args) -> dict[str, Any]:

@@ -132,10 +132,7 @@ LAYER_WEIGHTS = {
 
 
 def weight_names(args: Args) -> list[weights.WeightName]:
-    globals_ = dict(GLOBAL_WEIGHTS)
-    if args.tie_word_embeddings:
-        del globals_["lm_head.weight"]
-    return weights.expand(globals_, LAYER_WEIGHTS, args.n_layers)
+    return weights.expand(GLOBAL_WEIGHTS, LAYER_WEIGHTS, args.n_layers, tied_embeddings=args.tie_word_embeddings)
 
 
 def to_gguf(ours: str, tensor: torch.Tensor, args: Args) -> torch.Tensor:

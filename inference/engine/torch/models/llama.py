@@ -98,11 +98,8 @@ BIAS_WEIGHTS = {
 
 
 def weight_names(args: Args) -> list[weights.WeightName]:
-    globals_ = dict(GLOBAL_WEIGHTS)
-    if args.tie_word_embeddings:
-        del globals_["lm_head.weight"]
     layer = dict(LAYER_WEIGHTS) | (BIAS_WEIGHTS if args.attention_bias else {})
-    return weights.expand(globals_, layer, args.n_layers)
+    return weights.expand(GLOBAL_WEIGHTS, layer, args.n_layers, tied_embeddings=args.tie_word_embeddings)
 
 
 def to_gguf(ours: str, tensor: torch.Tensor, args: Args) -> torch.Tensor:

@@ -32,11 +32,8 @@ class Model(llama.Model):
 
 
 def weight_names(args: llama.Args) -> list[weights.WeightName]:
-    globals_ = dict(llama.GLOBAL_WEIGHTS)
-    if args.tie_word_embeddings:
-        del globals_["lm_head.weight"]
     layer = llama.LAYER_WEIGHTS | QK_NORM_WEIGHTS | (llama.BIAS_WEIGHTS if args.attention_bias else {})
-    return weights.expand(globals_, layer, args.n_layers)
+    return weights.expand(llama.GLOBAL_WEIGHTS, layer, args.n_layers, tied_embeddings=args.tie_word_embeddings)
 
 
 def args_from_gguf(meta: dict[str, Any], vocab_size: int) -> llama.Args:

@@ -15,9 +15,12 @@ class WeightName:
 
 
 def expand(global_weights: dict[str, tuple[str, str]], layer_weights: dict[str, tuple[str, str]],
-           n_layers: int, *, hf_layer_prefix: str = "model.layers.{i}.") -> list[WeightName]:
-    """Spell out the tables: `{"norm.weight": (hf, gguf)}` once, and each layer's entries per layer."""
-    names = [WeightName(ours, hf, gguf) for ours, (hf, gguf) in global_weights.items()]
+           n_layers: int, *, tied_embeddings: bool = False,
+           hf_layer_prefix: str = "model.layers.{i}.") -> list[WeightName]:
+    """Spell out the tables: `{"norm.weight": (hf, gguf)}` once, and each layer's entries per layer. With tied
+    embeddings there is no separate `lm_head.weight` to read."""
+    names = [WeightName(ours, hf, gguf) for ours, (hf, gguf) in global_weights.items()
+             if not (tied_embeddings and ours == "lm_head.weight")]
     for i in range(n_layers):
         for ours, (hf, gguf) in layer_weights.items():
             names.append(WeightName(f"layers.{i}.{ours}", hf_layer_prefix.format(i=i) + hf, f"blk.{i}.{gguf}"))
