@@ -15,7 +15,8 @@ logits equal transformers' on CUDA in the same dtype (max abs difference 0.0); b
 picked bfloat16 by itself. Decode: ours 45.7 tok/s single, 143.9 batch of 4; transformers 11.4 and 43.0.
 Rerun later that day after the CPU speed work (fused q/k/v and gate/up, one SDPA call for GQA decode): the same
 correctness figures (llama bf16 now 32/32), but decode ours 13.2 single / 58.4 batch of 4 against transformers
-15.0 / 57.6 — unexplained, and to be profiled on CUDA before anything else.
+15.0 / 57.6. The decode attention went back to two matmuls on CUDA (the path of the first run; suspected cause:
+an SDPA backend that plans anew for each new key length); not re-measured on a GPU yet.
 """
 
 from __future__ import annotations

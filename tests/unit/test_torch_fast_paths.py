@@ -87,3 +87,15 @@ def test_sampling_rows_at_once_picks_what_row_by_row_picks(params):
     generator = make_generator(7)
     one_by_one = [sample_next_token(row, params, h, generator) for row, h in zip(logits, histories, strict=True)]
     assert sample_rows(logits, params, histories, make_generator(7)) == one_by_one
+
+
+def test_the_cuda_decode_attention_equals_the_sdpa_one():
+    from inference.engine.torch.models.layers import _attend_matmul
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 2, 4, 16), torch.randn(2, 2, 9, 16), torch.randn(2, 2, 9, 16)  # (B, Hkv, G|L, D)
+    mask = torch.ones(2, 1, 1, 9, dtype=torch.bool)
+    mask[1, ..., 6:] = False  # the second sequence sees only its first 6 keys
+    for m in (None, mask):
+        expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=0.25)
+        assert (_attend_matmul(q, k, v, m, 0.25) - expected).abs().max().item() < 1e-5

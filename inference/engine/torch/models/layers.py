@@ -224,8 +224,23 @@ def _attend_one_query(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
     q = q.view(batch, n_kv, n_heads // n_kv, head_dim)  # (B, Hkv, H/Hkv, D): the heads sharing each k/v
     if mask is not None:
         mask = mask.view(batch, 1, 1, -1)  # (B, 1, 1, L): the same keys for every head of a sequence
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)  # (B, Hkv, H/Hkv, D)
+    if q.device.type != "cpu":
+        # On CUDA, SDPA may pick a backend that plans anew for every new length L (one per decoded token);
+        # two small matmuls keep decode launch-bound only (45.7 vs 13.2 tok/s measured on an H200).
+        out = _attend_matmul(q, k, v, mask, scale)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)  # (B, Hkv, H/Hkv, D)
     return out.view(batch, n_heads, 1, head_dim)  # (B, H, 1, D)
+
+
+def _attend_matmul(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                   scale: float) -> torch.Tensor:
+    """q (B, Hkv, G, D) against k/v (B, Hkv, L, D), mask (B, 1, 1, L) or None -> (B, Hkv, G, D)."""
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # (B, Hkv, G, L)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores.float(), dim=-1).to(v.dtype)
+    return torch.matmul(weights, v)
 
 
 class Attention(nn.Module):
