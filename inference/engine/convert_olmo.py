@@ -43,12 +43,7 @@ def gguf_metadata(args: Args) -> dict[str, Any]:
     if args.rope_scaling:
         raise ModelRefused("This OLMo checkpoint scales its rope, which the converter does not carry over.")
     meta = {
-        "context_length": args.max_position_embeddings,
-        "embedding_length": args.hidden_size,
-        "block_count": args.n_layers,
-        "feed_forward_length": args.intermediate_size,
-        "attention.head_count": args.n_heads,
-        "attention.head_count_kv": args.n_kv_heads,
+        **weights.shape_metadata(args),
         "attention.layer_norm_epsilon": LAYER_NORM_EPS,
         "rope.dimension_count": args.head_dim,
         "rope.freq_base": args.rope_theta,

@@ -235,12 +235,7 @@ def gguf_metadata(args: Args) -> dict[str, Any]:
     if args.rope_local_theta != LLAMA_CPP_LOCAL_ROPE_THETA or args.query_pre_attn_scalar != args.head_dim:
         raise ModelRefused("llama.cpp assumes a local rope base of 10000 and query scaling by head_dim.")
     meta = {
-        "context_length": args.max_position_embeddings,
-        "embedding_length": args.hidden_size,
-        "block_count": args.n_layers,
-        "feed_forward_length": args.intermediate_size,
-        "attention.head_count": args.n_heads,
-        "attention.head_count_kv": args.n_kv_heads,
+        **weights.shape_metadata(args),
         "attention.layer_norm_rms_epsilon": args.rms_norm_eps,
         "attention.key_length": args.head_dim,
         "attention.value_length": args.head_dim,

@@ -194,12 +194,7 @@ def args_from_gguf(meta: dict[str, Any], vocab_size: int) -> Args:
 def gguf_metadata(args: Args) -> dict[str, Any]:
     """The `<arch>.` header keys llama.cpp reads for this architecture."""
     meta = {
-        "context_length": args.max_position_embeddings,
-        "embedding_length": args.hidden_size,
-        "block_count": args.n_layers,
-        "feed_forward_length": args.intermediate_size,
-        "attention.head_count": args.n_heads,
-        "attention.head_count_kv": args.n_kv_heads,
+        **weights.shape_metadata(args),
         "attention.layer_norm_rms_epsilon": args.rms_norm_eps,
         "attention.key_length": args.head_dim,
         "attention.value_length": args.head_dim,

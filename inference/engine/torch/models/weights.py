@@ -27,6 +27,18 @@ def expand(global_weights: dict[str, tuple[str, str]], layer_weights: dict[str, 
     return names
 
 
+def shape_metadata(args) -> dict:
+    """The GGUF `<arch>.` keys every decoder architecture writes alike: its context and its sizes."""
+    return {
+        "context_length": args.max_position_embeddings,
+        "embedding_length": args.hidden_size,
+        "block_count": args.n_layers,
+        "feed_forward_length": args.intermediate_size,
+        "attention.head_count": args.n_heads,
+        "attention.head_count_kv": args.n_kv_heads,
+    }
+
+
 def permute_for_gguf(weight, n_heads: int):
     """llama.cpp's reordering of Q/K rows for its interleaved rope: (H*D, C) rows, per head,
     from halves [0..D/2 | D/2..D] to pairs (0, D/2), (1, D/2+1)... Works on tensors and arrays."""
