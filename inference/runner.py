@@ -47,6 +47,14 @@ def _failure(error: BaseException, backend: str | None) -> tuple[dict[str, Any],
     return fields, {"kind": "error", "code": code, "status": status, "message": message}
 
 
+def _select(job: GenerationJob):
+    """The backend that serves `job`, its model loaded (the selection with every fallback step)."""
+    if job.model is None:
+        raise EngineError(f"The model {job.model_name!r} was deleted from the library.",
+                          code="model_not_found", status=404)
+    return select_and_load(MODEL_CACHE, job.model, job.request.get("backend"), job_needs(job.kind, job.request))
+
+
 def run_generation_job(job_id: str, hostname: str = "") -> None:
     close_old_connections()
     job = _claim(job_id, hostname)
@@ -62,11 +70,7 @@ def run_generation_job(job_id: str, hostname: str = "") -> None:
     terminal: dict[str, Any] = {}
     backend = None
     try:
-        if job.model is None:
-            raise EngineError(f"The model {job.model_name!r} was deleted from the library.",
-                              code="model_not_found", status=404)
-        selection = select_and_load(MODEL_CACHE, job.model, job.request.get("backend"),
-                                    job_needs(job.kind, job.request))
+        selection = _select(job)
         backend, loaded = selection.backend, selection.loaded
         fields.update(backend=backend, fallbacks=selection.fallbacks)
         events = loaded.generate(request_from_json(job.request), should_stop=lambda: relay.is_cancelled(str(job.id)))
@@ -106,11 +110,7 @@ def run_embedding_job(job: GenerationJob) -> None:
     publisher = relay.publisher(str(job.id))
     fields: dict[str, Any] = {}
     try:
-        if job.model is None:
-            raise EngineError(f"The model {job.model_name!r} was deleted from the library.",
-                              code="model_not_found", status=404)
-        selection = select_and_load(MODEL_CACHE, job.model, job.request.get("backend"),
-                                    job_needs(job.kind, job.request))
+        selection = _select(job)
         loaded = selection.loaded
         fields.update(backend=selection.backend, fallbacks=selection.fallbacks)
         publisher.publish({"kind": "started", "backend": selection.backend, "fallbacks": selection.fallbacks,
