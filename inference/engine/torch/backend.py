@@ -22,6 +22,7 @@ from inference.engine.text import StopStrings
 from inference.engine.torch.detokenizer import StreamingDetokenizer
 from inference.engine.torch.generate import generate_tokens
 from inference.engine.torch.loader import LoadedWeights, load_hf_model, read_config
+from inference.engine.torch.models import matvec
 from inference.engine.torch.models.layers import KVCache
 from inference.engine.torch.tokenizer import TextTokenizer
 
@@ -57,6 +58,7 @@ class TorchBackend:
             special_tokens=added_tokens, bos_token=tokenizer.bos_token or "", eos_token=tokenizer.eos_token or "",
         )
         n_ctx = min(spec.n_ctx, _model_context(weights))
+        matvec.warm_up(weights.args.hidden_size, weights.dtype, weights.device)  # compile now, not mid-request
         return TorchLoadedModel(weights, tokenizer, chat_template, n_ctx=n_ctx)
 
 

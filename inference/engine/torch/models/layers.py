@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from inference.engine.base import ModelRefused
+from inference.engine.torch.models.matvec import linear
 
 
 class RMSNorm(nn.Module):
@@ -272,7 +273,7 @@ class Attention(nn.Module):
         if self.qkv_weight is None:
             return self.q(x), self.k(x), self.v(x)
         kv_size = self.n_kv_heads * self.head_dim
-        return F.linear(x, self.qkv_weight, self.qkv_bias).split(
+        return linear(x, self.qkv_weight, self.qkv_bias).split(
             [self.n_heads * self.head_dim, kv_size, kv_size], dim=-1)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], layer: int,
@@ -289,7 +290,7 @@ class Attention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         keys, values = cache.update(layer, step, k, v)  # (B, Hkv, L, D)
         out = attend(q, keys, values, step.mask(self.sliding_window), self.scale)  # (B, H, T, D)
-        return self.o(out.transpose(1, 2).reshape(batch, n_new, self.n_heads * self.head_dim))
+        return linear(out.transpose(1, 2).reshape(batch, n_new, self.n_heads * self.head_dim), self.o.weight)
 
 
 class GatedMLP(nn.Module):
@@ -314,8 +315,8 @@ class GatedMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate_up_weight is None:
             return self.down(self.act(self.gate(x)) * self.up(x))
-        gate, up = F.linear(x, self.gate_up_weight).chunk(2, dim=-1)  # each (B, T, intermediate)
-        return self.down(self.act(gate) * up)
+        gate, up = linear(x, self.gate_up_weight).chunk(2, dim=-1)  # each (B, T, intermediate)
+        return linear(self.act(gate) * up, self.down.weight)
 
 
 def logits_of(hidden: torch.Tensor, lm_head: torch.Tensor, last_only: bool) -> torch.Tensor:
@@ -334,6 +335,6 @@ def _few_rows_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     n_rows, width = weight.shape
     blocks = 4 * torch.get_num_threads()
     if weight.device.type != "cpu" or weight.dtype != torch.float32 or n_rows % blocks or x.shape[0] > 16:
-        return F.linear(x, weight)
+        return linear(x, weight)
     out = torch.bmm(weight.view(blocks, n_rows // blocks, width), x.T.expand(blocks, width, x.shape[0]))
     return out.view(n_rows, x.shape[0]).T  # (M, V)
