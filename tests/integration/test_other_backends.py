@@ -20,18 +20,21 @@ def special_token_ids(model_dir) -> dict[str, int]:
     return {t["content"]: t["id"] for t in tokens}
 
 
-@pytest.mark.parametrize("model", ["hf-tiny", pytest.param("hf-mlx", marks=needs_mlx)])
+@pytest.mark.parametrize("model", ["hf-tiny", "hf-bf16", pytest.param("hf-mlx", marks=needs_mlx)])
 def test_it_serves_a_hugging_face_model_streamed_and_whole(embedded_server, model):
     client = openai_client(embedded_server)
     arguments = {"model": model, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8,
                  "temperature": 0}
     response = client.chat.completions.with_raw_response.create(**arguments)
     whole = response.parse()
-    assert response.headers["x-hearth-backend"] == ("torch" if model == "hf-tiny" else "mlx")
+    assert response.headers["x-hearth-backend"] == ("mlx" if model == "hf-mlx" else "torch")
     assert whole.usage.completion_tokens == 8
     chunks = list(client.chat.completions.create(**arguments, stream=True, stream_options={"include_usage": True}))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole.choices[0].message.content
     assert chunks[-1].usage.completion_tokens == 8
+    if model == "hf-bf16":  # compiled inside the server's worker thread, not fallen back to F.linear
+        logs = "".join(log.read_text(errors="replace") for log in embedded_server.logs if log.exists())
+        assert "matrix-vector kernel unavailable" not in logs
 
 
 @pytest.mark.parametrize("model", ["hf-tiny", pytest.param("hf-mlx", marks=needs_mlx)])

@@ -30,13 +30,16 @@ def test_the_backend_classes_declare_the_shared_capabilities():
         assert cls.capabilities is BACKEND_CAPABILITIES[cls.name]
 
 
-@pytest.mark.parametrize(("backend", "fmt", "options", "expected"), [
-    ("torch", "hf-safetensors", {"dtype": "float32"}, 4_000),
-    ("torch", "gguf", {"dtype": "bfloat16"}, 2_000),
-    ("llamacpp", "hf-safetensors", {}, 2_000),  # converted to an f16 GGUF first
-    ("llamacpp", "gguf", {}, 700),  # the file as it is
-    ("mlx", "mlx", {}, 700),
+@pytest.mark.parametrize(("backend", "fmt", "options", "quantization", "expected"), [
+    ("torch", "hf-safetensors", {"dtype": "float32"}, "bf16", 4_000),
+    ("torch", "hf-safetensors", {}, "f32", 4_000),  # CPU: fp32 unless the checkpoint is bf16
+    ("torch", "hf-safetensors", {}, "bf16", 2_000),
+    ("torch", "gguf", {}, "Q4_K_M", 4_000),
+    ("torch", "gguf", {"dtype": "bfloat16"}, "Q4_K_M", 2_000),
+    ("llamacpp", "hf-safetensors", {}, "f32", 2_000),  # converted to an f16 GGUF first
+    ("llamacpp", "gguf", {}, "Q4_K_M", 700),  # the file as it is
+    ("mlx", "mlx", {}, "4-bit", 700),
 ])
-def test_weights_take_what_each_backend_holds_in_memory(backend, fmt, options, expected):
+def test_weights_take_what_each_backend_holds_in_memory(backend, fmt, options, quantization, expected):
     spec = ModelSpec(path="/m", format=fmt, options=options)
-    assert weights_bytes(backend, spec, parameter_count=1_000, size_bytes=700) == expected
+    assert weights_bytes(backend, spec, parameter_count=1_000, size_bytes=700, quantization=quantization) == expected

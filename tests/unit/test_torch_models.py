@@ -94,6 +94,16 @@ def test_bfloat16_on_cpu_stays_close_to_float32(tiny):
     assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.99
 
 
+def test_a_bf16_checkpoint_runs_in_bf16_on_cpu_by_default_and_others_in_fp32(tmp_path):
+    from tests import factories
+
+    stored_bf16 = factories.build_tiny_hf_dir(tmp_path / "bf16", dtype="bfloat16")
+    stored_fp32 = factories.build_tiny_hf_dir(tmp_path / "fp32", dtype="float32")
+    assert load_hf_model(stored_bf16, device="cpu").dtype == torch.bfloat16
+    assert load_hf_model(stored_fp32, device="cpu").dtype == torch.float32
+    assert load_hf_model(stored_bf16, device="cpu", dtype="float32").dtype == torch.float32
+
+
 def test_it_refuses_an_unknown_model_type_and_names_the_supported_ones():
     with pytest.raises(ModelRefused) as error:
         architecture_for("gpt_bigcode")

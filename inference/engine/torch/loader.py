@@ -35,8 +35,11 @@ class LoadedWeights:
     device: torch.device
 
 
-def pick_device_and_dtype(device: str | None = None, dtype: str | None = None) -> tuple[torch.device, torch.dtype]:
-    """CUDA when present (bf16 where supported, else fp16), otherwise CPU in fp32; both overridable."""
+def pick_device_and_dtype(device: str | None = None, dtype: str | None = None, *, stored: str | None = None
+                          ) -> tuple[torch.device, torch.dtype]:
+    """CUDA when present (bf16 where supported, else fp16), otherwise CPU: bf16 for a checkpoint stored in
+    bf16 (what transformers' dtype="auto" does; half the memory, twice the decode speed), fp32 for the rest.
+    Both overridable."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device_ = torch.device(device)
@@ -44,7 +47,7 @@ def pick_device_and_dtype(device: str | None = None, dtype: str | None = None) -
         if device_.type == "cuda":
             dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
         else:
-            dtype = "float32"
+            dtype = "bfloat16" if stored == "bfloat16" else "float32"
     if dtype not in DTYPES:
         raise ModelRefused(f"Unsupported dtype {dtype!r}: choose one of {', '.join(DTYPES)}.")
     if device_.type == "cpu" and DTYPES[dtype] == torch.float16:
@@ -62,6 +65,16 @@ def read_config(model_dir: str | Path) -> dict[str, Any]:
     if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
         raise ModelRefused(f"{path} does not name a model_type.")
     return config
+
+
+def stored_dtype(config: dict[str, Any]) -> str | None:
+    """The dtype a Hugging Face config says its weights are stored in ("bfloat16", "float32", ...)."""
+    for source in (config, config.get("text_config")):
+        if isinstance(source, dict):
+            dtype = source.get("torch_dtype") or source.get("dtype")
+            if isinstance(dtype, str):
+                return dtype
+    return None
 
 
 def safetensors_files(model_dir: str | Path) -> list[Path]:
@@ -89,7 +102,7 @@ def load_hf_model(model_dir: str | Path, *, device: str | None = None, dtype: st
     config = read_config(model_dir)
     arch = architecture_for(config["model_type"])
     args = arch.Args.from_config(config)
-    device_, dtype_ = pick_device_and_dtype(device, dtype)
+    device_, dtype_ = pick_device_and_dtype(device, dtype, stored=stored_dtype(config))
     aliases = getattr(arch, "HF_PREFIX_ALIASES", ())
     with ExitStack() as stack:
         handles = [stack.enter_context(safe_open(str(f), framework="pt", device="cpu"))
