@@ -1,4 +1,4 @@
-"""The compiled one-row linear of the torch engine gives what F.linear gives, and without a compiler the
+"""The compiled few-rows linear of the torch engine gives what F.linear gives, and without a compiler the
 engine still works through F.linear."""
 
 from __future__ import annotations
@@ -53,12 +53,18 @@ def test_it_matches_f_linear_for_up_to_four_rows_on_a_tall_weight(compiled, rows
     assert torch.allclose(ours.float(), plain.float(), rtol=2e-2, atol=2e-2)
 
 
-def test_it_leaves_many_rows_square_weights_fp32_and_cuda_to_f_linear():
+def test_it_matches_f_linear_in_fp32_to_rounding(compiled):
+    x, weight = bf16(1, 64).float(), torch.randn(300, 64, generator=torch.Generator().manual_seed(3))
+    assert matvec.uses_compiled_kernel(x, weight)
+    assert (matvec.linear(x, weight) - F.linear(x, weight)).abs().max().item() < 1e-5
+
+
+def test_it_leaves_many_rows_square_weights_and_mixed_dtypes_to_f_linear():
     tall, square = bf16(256, 64), bf16(64, 64)
     assert not matvec.uses_compiled_kernel(bf16(5, 64), tall)
     assert not matvec.uses_compiled_kernel(bf16(2, 64), square)
     assert matvec.uses_compiled_kernel(bf16(1, 64), square)
-    assert not matvec.uses_compiled_kernel(bf16(1, 64).float(), tall.float())
+    assert not matvec.uses_compiled_kernel(bf16(1, 64).float(), tall)
     x = bf16(5, 64)
     assert torch.equal(matvec.linear(x, tall), F.linear(x, tall))
 
@@ -102,3 +108,15 @@ def test_hearth_torch_compile_off_skips_compilation(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "HEARTH_TORCH_COMPILE is off" in done.stdout
+
+
+def test_every_row_count_dtype_and_bias_compiles_without_reaching_dynamos_graph_limit(compiled):
+    for dtype in (torch.float32, torch.bfloat16):
+        weight, bias = bf16(200, 32).to(dtype), bf16(200).to(dtype)
+        for rows in range(1, matvec.MAX_ROWS + 1):
+            x = bf16(rows, 32).to(dtype)
+            for b in (None, bias):
+                assert matvec.uses_compiled_kernel(x, weight)
+                out = matvec.linear(x, weight, b)
+                assert torch.allclose(out.float(), F.linear(x, weight, b).float(), rtol=2e-2, atol=2e-2)
+    assert matvec.compiled_kernel.disabled_reason is None
