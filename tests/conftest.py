@@ -38,6 +38,14 @@ def demo_gguf() -> Path:
 
 
 @pytest.fixture(scope="session")
+def private_redis(tmp_path_factory):
+    """A redis-server of this test session's own (its URL: `private_redis.url`)."""
+    server = servers.RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def embedded_server(tmp_path_factory, tiny_gguf, demo_gguf, tiny_hf, tiny_hf_bf16):
     models = {"tiny": tiny_gguf, "demo": demo_gguf, "hf-tiny": tiny_hf, "hf-mlx": (tiny_hf, "mlx"),
               "hf-bf16": tiny_hf_bf16}

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 ADMIN_PASSWORD = "hearth-test-password"
 POSTGRES_URL = os.environ.get("HEARTH_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432")
-REDIS_HOST = os.environ.get("HEARTH_TEST_REDIS", "redis://127.0.0.1:6379")
+REDIS_SERVER = os.environ.get("HEARTH_TEST_REDIS_SERVER", "redis-server")
 
 
 def free_port() -> int:
@@ -36,6 +36,43 @@ def manage(env: dict[str, str], *args: str, check: bool = True) -> subprocess.Co
                           check=check, timeout=300)
 
 
+class RedisServer:
+    """A private `redis-server` on a free port: each test server gets its own (nothing shared with other test runs
+    on this machine), and a test can stop it and start it again on the same port to play an outage."""
+
+    def __init__(self, data_dir: Path, port: int | None = None):
+        self.port = port or free_port()
+        self.data_dir = data_dir
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 10) -> RedisServer:
+        log = (self.data_dir / f"redis-{self.port}.log").open("ab")
+        self.process = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.data_dir)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        import redis
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                redis.Redis(port=self.port, socket_timeout=1).ping()
+                return self
+            except redis.RedisError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+
+
 @dataclass
 class HearthServer:
     env: dict[str, str]
@@ -44,6 +81,8 @@ class HearthServer:
     processes: list[subprocess.Popen] = field(default_factory=list)
     api_key: str = ""
     logs: list[Path] = field(default_factory=list)
+    redis: RedisServer | None = None
+    postgres_database: str = ""
 
     @property
     def base_url(self) -> str:
@@ -101,6 +140,8 @@ class HearthServer:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
         self.processes.clear()
+        if self.redis is not None:
+            self.redis.stop()
 
     def create_user(self, username: str, password: str = ADMIN_PASSWORD, *, staff: bool = False) -> str:
         """Create a user and return a new API key of theirs."""
@@ -166,22 +207,18 @@ def start_production(data_dir: Path, models: dict[str, Path], *, workers: int = 
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     database = create_postgres_database()
-    redis_db = 1 + port % 14
+    redis_server = RedisServer(data_dir).start()
     env = base_env(
         data_dir,
         HEARTH_PORT=str(port),
-        HEARTH_REDIS_URL=f"{REDIS_HOST}/{redis_db}",
+        HEARTH_REDIS_URL=f"{redis_server.url}/0",
         DATABASE_URL=f"{POSTGRES_URL}/{database}",
         HEARTH_SECRET_KEY=secrets.token_urlsafe(48),
         HEARTH_DEBUG="0",
         HEARTH_WORKER_HEARTBEAT_SECONDS="1",
         **env_extra,
     )
-    import redis
-
-    redis.Redis.from_url(env["HEARTH_REDIS_URL"]).flushdb()
-    server = HearthServer(env=env, port=port, data_dir=data_dir)
-    server.postgres_database = database
+    server = HearthServer(env=env, port=port, data_dir=data_dir, redis=redis_server, postgres_database=database)
     prepare(server, models)
     for index in range(workers):
         server.start_celery_worker(f"worker{index}")

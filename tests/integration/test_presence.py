@@ -10,17 +10,10 @@ import redis
 
 from inference.presence import KEY_PREFIX, Heartbeat, Presence, get_presence
 
-REDIS_URL = "redis://127.0.0.1:6379/15"
-
 
 @pytest.fixture(params=["in-process", "redis"])
 def presence(request, settings):
-    settings.REDIS_URL = REDIS_URL if request.param == "redis" else ""
-    if request.param == "redis":
-        try:
-            redis.Redis.from_url(REDIS_URL, socket_timeout=1).ping()
-        except redis.RedisError:
-            pytest.fail("Redis must run on 127.0.0.1:6379 for the production-mode tests")
+    settings.REDIS_URL = request.getfixturevalue("private_redis").url if request.param == "redis" else ""
     get_presence.cache_clear()
     yield get_presence()
     get_presence.cache_clear()
@@ -35,10 +28,10 @@ def test_a_beat_carries_the_models_a_worker_holds(presence):
     assert worker not in presence.live_workers() and worker not in presence.loaded_models()
 
 
-def test_a_beat_from_an_older_worker_counts_as_alive_with_nothing_loaded(settings):
-    settings.REDIS_URL = REDIS_URL
+def test_a_beat_from_an_older_worker_counts_as_alive_with_nothing_loaded(settings, private_redis):
+    settings.REDIS_URL = private_redis.url
     worker = f"old-{uuid.uuid4().hex[:8]}@test"
-    redis.Redis.from_url(REDIS_URL).set(KEY_PREFIX + worker, str(time.time()), ex=30)
+    redis.Redis.from_url(private_redis.url).set(KEY_PREFIX + worker, str(time.time()), ex=30)
     presence = Presence()
     assert worker in presence.live_workers() and presence.loaded_models()[worker] == []
     presence.leave(worker)

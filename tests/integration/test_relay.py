@@ -7,27 +7,15 @@ import threading
 import uuid
 
 import pytest
-import redis
 
 from inference.relay import InProcessRelay, RedisStreamRelay
-
-REDIS_URL = "redis://127.0.0.1:6379/15"
-
-
-def redis_available() -> bool:
-    try:
-        return redis.Redis.from_url(REDIS_URL, socket_timeout=1).ping()
-    except redis.RedisError:
-        return False
 
 
 @pytest.fixture(params=["in-process", "redis"])
 def relay(request):
     if request.param == "in-process":
         return InProcessRelay(ttl_seconds=60)
-    if not redis_available():
-        pytest.fail("Redis must run on 127.0.0.1:6379 for the production-mode tests")
-    return RedisStreamRelay(REDIS_URL, ttl_seconds=60)
+    return RedisStreamRelay(request.getfixturevalue("private_redis").url, ttl_seconds=60)
 
 
 def collect(relay, job_id, after=0, limit=None):
