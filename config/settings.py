@@ -13,6 +13,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from config import redis as redis_config
 from config.env import env_bool, env_bytes, env_int, env_json, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -81,8 +82,18 @@ TEMPLATES = [
     },
 ]
 
+# PostgreSQL through a connection pool per process (psycopg_pool): under ASGI every request runs its ORM calls in a
+# thread of its own, so connections kept per thread (CONN_MAX_AGE) pile up with concurrent requests; the pool bounds
+# what each process holds (HEARTH_DB_POOL_SIZE) and a request that finds it exhausted waits HEARTH_DB_POOL_TIMEOUT.
+HEARTH_DB_POOL_SIZE = env_int("HEARTH_DB_POOL_SIZE", 10, minimum=1)
+HEARTH_DB_POOL_TIMEOUT = env_int("HEARTH_DB_POOL_TIMEOUT", 10, minimum=1)
 if env_str("DATABASE_URL"):
-    DATABASES = {"default": dj_database_url.parse(env_str("DATABASE_URL"), conn_max_age=60)}
+    DATABASES = {"default": dj_database_url.parse(env_str("DATABASE_URL"), conn_max_age=0)}
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": 0, "max_size": HEARTH_DB_POOL_SIZE, "timeout": HEARTH_DB_POOL_TIMEOUT,
+            "max_idle": 60, "reconnect_timeout": 30,
+        }
 else:
     DATABASES = {
         "default": {
@@ -116,7 +127,13 @@ STATIC_ROOT = DATA_DIR / "staticfiles"
 
 if PRODUCTION:
     CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [{"address": REDIS_URL,
+                           **redis_config.async_retry_options(redis_config.CHANNEL_LAYER_BLOCK_SECONDS)}],
+            },
+        }
     }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
@@ -129,7 +146,9 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "generation"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
-if not PRODUCTION:
+if PRODUCTION:
+    CELERY_BROKER_TRANSPORT_OPTIONS = redis_config.celery_transport_options()
+else:
     # kombu's in-memory transport polls; its default second of polling would be a second of latency per job.
     CELERY_BROKER_TRANSPORT_OPTIONS = {"polling_interval": 0.01}
 

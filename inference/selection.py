@@ -81,7 +81,7 @@ def job_needs(kind: str, request: dict[str, Any]) -> frozenset[str]:
     needs = set()
     if kind == GenerationJob.Kind.EMBEDDING:
         needs.add("embeddings")
-    if request.get("grammar"):
+    if request.get("structure"):
         needs.add("structured_output")
     if request.get("logprobs") is not None:
         needs.add("logprobs")

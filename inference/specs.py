@@ -38,7 +38,7 @@ def request_to_json(request: GenerationRequest) -> dict[str, Any]:
         "max_tokens": request.max_tokens,
         "stop": list(request.stop),
         "fit_history": request.fit_history,
-        "grammar": request.grammar,
+        "structure": request.structure,
         "logprobs": request.logprobs,
     }
 
@@ -53,6 +53,6 @@ def request_from_json(data: dict[str, Any]) -> GenerationRequest:
         max_tokens=data.get("max_tokens"),
         stop=tuple(data.get("stop") or ()),
         fit_history=bool(data.get("fit_history")),
-        grammar=data.get("grammar"),
+        structure=data.get("structure"),
         logprobs=data.get("logprobs"),
     )

@@ -108,7 +108,7 @@ def _backend_cannot_honour(model, body, engine_request):
     """Grammars and log probabilities are llama.cpp's: 400 naming the parameter when no backend of the model's
     chain declares them (a Hugging Face model reaches llama.cpp converted to GGUF)."""
     wanted = []
-    if getattr(engine_request, "grammar", None):
+    if getattr(engine_request, "structure", None):
         wanted.append("tools" if getattr(body, "tools", None) and body.tool_choice not in (None, "auto", "none")
                       else "response_format")
     if getattr(engine_request, "logprobs", None) is not None:

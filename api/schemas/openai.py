@@ -334,21 +334,22 @@ class ChatCompletionRequest(_GenerationParameters):
             converted.insert(0, {"role": "system", "content": described})
         return converted
 
-    def grammar(self) -> str | None:
-        """GBNF for constrained decoding: a required or named tool call, else the response format's."""
-        from inference.engine.grammar import grammar_for_response_format, tool_call_grammar
+    def structure(self) -> dict[str, Any] | None:
+        """What constrained decoding must produce: a required or named tool call, else the response format's
+        (described as data; the worker's backend compiles it)."""
+        from inference.engine.grammar import structure_for_response_format, structure_for_tools
 
         if self.tools and (self.tool_choice == "required" or isinstance(self.tool_choice, dict)):
-            return tool_call_grammar(self.tools, self.tool_choice)
+            return structure_for_tools(self.tools, self.tool_choice, parallel=self.parallel_tool_calls is True)
         if self.response_format is not None:
-            return grammar_for_response_format(self.response_format.model_dump())
+            return structure_for_response_format(self.response_format.model_dump())
         return None
 
     def logprob_alternatives(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
 
     def to_generation_request(self) -> GenerationRequest:
-        extras = {"grammar": self.grammar(), "logprobs": self.logprob_alternatives()}
+        extras = {"structure": self.structure(), "logprobs": self.logprob_alternatives()}
         return GenerationRequest(
             messages=self.engine_messages(),
             sampling=self.to_sampling_params(),

@@ -66,6 +66,8 @@ class ModelSpec:
     n_gpu_layers: int = -1  # -1: offload every layer the device can take
     n_threads: int | None = None
     chat_template: str | None = None  # overrides the template found in the model files
+    n_slots: int = 1  # sequences decoded together (a backend that cannot batch uses 1)
+    kv_tokens: int = 0  # KV cache cells all slots share; 0: n_ctx per slot
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -81,9 +83,12 @@ class GenerationRequest:
     # Chat pages set this: the oldest turns (never the system prompt, never the last message) are left out
     # until the prompt fits with room for a reply. The API leaves it off and refuses an over-long prompt.
     fit_history: bool = False
-    # Constrained decoding (GBNF text; the llama.cpp backend honours it) and log probabilities: None, off;
-    # N, the sampled token's log probability and the N most likely alternatives at each position.
-    grammar: str | None = None
+    # Constrained decoding, described as data (the backend compiles it; llama.cpp into a GBNF grammar):
+    #   {"type": "json_schema", "schema": {...}}: one JSON value valid for the schema ({"type": "object"}: any object);
+    #   {"type": "tool_calls", "schema": <one call's JSON schema>, "open": "<tool_call>\n", "close": "\n</tool_call>",
+    #    "parallel": bool}: one call (several with "parallel"), each wrapped in the model's own tags.
+    structure: dict[str, Any] | None = None
+    # Log probabilities: None, off; N, the sampled token's log probability and the N most likely alternatives.
     logprobs: int | None = None
 
 

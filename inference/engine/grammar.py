@@ -1,39 +1,34 @@
-"""Constrained decoding: llama.cpp GBNF grammars from OpenAI's `response_format` and `tools`.
+"""Constrained decoding: OpenAI's `response_format` and forced `tools` as data, and llama.cpp grammars from them.
 
-JSON schemas go through llama.cpp's own converter (`llama_cpp.llama_grammar.json_schema_to_gbnf`), which honours
-type, properties, required, enum, const, minLength/maxLength, minItems/maxItems, min/max, pattern, anyOf/oneOf
-and local $refs. Whitespace between tokens is bounded, so a model cannot wander off into blank space.
-Remote $refs are refused (they would be fetched).
+The web process describes what the output must be (`structure_for_response_format`, `structure_for_tools`: plain
+dicts that travel on the job, checked for size and remote references); the llama.cpp backend compiles them
+(`compile_structure`) into GBNF with llama.cpp's own JSON-schema converter, which honours type, properties,
+required, enum, const, minLength/maxLength, minItems/maxItems, min/max, pattern, anyOf/oneOf and local $refs.
+Whitespace between tokens is bounded, so a model cannot wander off into blank space. The web process never
+imports llama.cpp.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 from inference.engine.base import InvalidRequest
 
 MAX_SCHEMA_BYTES = 64 * 1024
+HERMES_OPEN, HERMES_CLOSE = "<tool_call>\n", "\n</tool_call>"
 
 
-def _converter_gbnf(schema: dict[str, Any], param: str) -> str:
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
-
-    text = json.dumps(schema)
-    if len(text) > MAX_SCHEMA_BYTES:
+def _checked(schema: Any, param: str) -> dict[str, Any]:
+    if not isinstance(schema, dict):
+        raise InvalidRequest(f"{param} must be a JSON schema object.")
+    if len(json.dumps(schema)) > MAX_SCHEMA_BYTES:
         raise InvalidRequest(f"{param}: the schema is over {MAX_SCHEMA_BYTES // 1024} KiB.")
     if _has_remote_ref(schema):
         raise InvalidRequest(f"{param}: only local $refs (\"#/...\") are supported in a schema.")
-    try:
-        return _strict_json_chars(json_schema_to_gbnf(text))
-    except (ValueError, KeyError, TypeError, AssertionError, RecursionError, NotImplementedError) as error:
-        raise InvalidRequest(f"{param}: this JSON schema cannot be turned into a grammar ({error}).") from None
-
-
-def _strict_json_chars(gbnf: str) -> str:
-    """JSON forbids raw control characters inside strings; the converter's `char` rule lets them through."""
-    return gbnf.replace('char ::= [^"\\\\]', 'char ::= [^"\\\\\\x7F\\x00-\\x1F]')
+    return schema
 
 
 def _has_remote_ref(node: Any) -> bool:
@@ -47,26 +42,17 @@ def _has_remote_ref(node: Any) -> bool:
     return False
 
 
-def json_object_grammar() -> str:
-    """`response_format: {"type": "json_object"}`: any JSON object."""
-    return _converter_gbnf({"type": "object"}, "response_format")
-
-
-def json_schema_grammar(schema: dict[str, Any]) -> str:
-    """`response_format: {"type": "json_schema", "json_schema": {"schema": ...}}`: a value valid for it."""
-    if not isinstance(schema, dict):
-        raise InvalidRequest("response_format.json_schema.schema must be a JSON schema object.")
-    return _converter_gbnf(schema, "response_format.json_schema.schema")
-
-
-def grammar_for_response_format(response_format: dict[str, Any] | None) -> str | None:
+def structure_for_response_format(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`{"type": "json_object"}`: any JSON object; `{"type": "json_schema", "json_schema": {"schema": ...}}`: a
+    value valid for the schema; text or nothing: None."""
     if not response_format or response_format.get("type") in (None, "text"):
         return None
     if response_format["type"] == "json_object":
-        return json_object_grammar()
+        return {"type": "json_schema", "schema": {"type": "object"}}
     if response_format["type"] == "json_schema":
         spec = response_format.get("json_schema") or {}
-        return json_schema_grammar(spec.get("schema") or {"type": "object"})
+        schema = spec.get("schema") or {"type": "object"}
+        return {"type": "json_schema", "schema": _checked(schema, "response_format.json_schema.schema")}
     raise InvalidRequest(f"response_format.type {response_format['type']!r} is not one of text, json_object, "
                          "json_schema.")
 
@@ -93,13 +79,51 @@ def tool_call_schema(tools: Sequence[dict[str, Any]], tool_choice: str | dict[st
         }
         for f in functions
     ]
-    return calls[0] if len(calls) == 1 else {"anyOf": calls}
+    return _checked(calls[0] if len(calls) == 1 else {"anyOf": calls}, "tools")
 
 
-def tool_call_grammar(tools: Sequence[dict[str, Any]], tool_choice: str | dict[str, Any] | None, *,
-                      open_tag: str = "<tool_call>\n", close_tag: str = "\n</tool_call>") -> str:
-    """One or more calls, each wrapped the way the model's template writes them (Hermes/Qwen by default)."""
-    call_rules = _converter_gbnf(tool_call_schema(tools, tool_choice), "tools")
-    renamed = call_rules.replace("root ::=", "call ::=", 1)
-    wrapped = f'{json.dumps(open_tag)} call {json.dumps(close_tag)}'
-    return f"root ::= {wrapped} (\"\\n\" {wrapped})*\n{renamed}"
+def structure_for_tools(tools: Sequence[dict[str, Any]], tool_choice: str | dict[str, Any] | None, *,
+                        parallel: bool = False, open_tag: str = HERMES_OPEN, close_tag: str = HERMES_CLOSE
+                        ) -> dict[str, Any]:
+    """A forced call (tool_choice "required" or a named function): one call, or several with `parallel`, each
+    wrapped the way the model's template writes them (Hermes/Qwen by default)."""
+    return {"type": "tool_calls", "schema": tool_call_schema(tools, tool_choice), "open": open_tag,
+            "close": close_tag, "parallel": bool(parallel)}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# In the worker: compiled for llama.cpp.
+
+
+def compile_structure(structure: dict[str, Any]) -> str:
+    """GBNF text for a structure (cached: the same schema compiles once per process)."""
+    return _compile(json.dumps(structure, sort_keys=True))
+
+
+@lru_cache(maxsize=128)
+def _compile(structure_json: str) -> str:
+    structure = json.loads(structure_json)
+    kind = structure.get("type")
+    if kind == "json_schema":
+        return _converter_gbnf(structure["schema"], "response_format")
+    if kind == "tool_calls":
+        call_rules = _converter_gbnf(structure["schema"], "tools").replace("root ::=", "call ::=", 1)
+        wrapped = f'{json.dumps(structure.get("open", HERMES_OPEN))} call {json.dumps(structure.get("close", HERMES_CLOSE))}'
+        repeat = f' ("\\n" {wrapped})*' if structure.get("parallel") else ""
+        return f"root ::= {wrapped}{repeat}\n{call_rules}"
+    raise InvalidRequest(f"Unknown structured output type {kind!r}.")
+
+
+def _converter_gbnf(schema: dict[str, Any], param: str) -> str:
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    _checked(schema, param)
+    try:
+        return _strict_json_chars(json_schema_to_gbnf(json.dumps(schema)))
+    except (ValueError, KeyError, TypeError, AssertionError, RecursionError, NotImplementedError) as error:
+        raise InvalidRequest(f"{param}: this JSON schema cannot be turned into a grammar ({error}).") from None
+
+
+def _strict_json_chars(gbnf: str) -> str:
+    """JSON forbids raw control characters inside strings; the converter's `char` rule lets them through."""
+    return gbnf.replace('char ::= [^"\\\\]', 'char ::= [^"\\\\\\x7F\\x00-\\x1F]')

@@ -155,11 +155,12 @@ class LlamaCppModel:
         utf8, stops = Utf8Stream(), StopStrings(request.stop)
         count, first_at, finish = 0, None, "length"
         arguments = llama_sampler_arguments(params)
-        # Optional request fields (an engine request without them generates as before): `grammar`, GBNF text
-        # that constrains decoding; `logprobs`, how many alternatives (0-20) to report with each token's own.
-        grammar_text = getattr(request, "grammar", None)
-        if grammar_text:
-            arguments["grammar"] = llama_cpp.LlamaGrammar.from_string(grammar_text, verbose=False)
+        # `structure` constrains decoding (compiled to a grammar); `logprobs`: how many alternatives (0-20) to report.
+        if request.structure:
+            from inference.engine.grammar import compile_structure
+
+            arguments["grammar"] = llama_cpp.LlamaGrammar.from_string(compile_structure(request.structure),
+                                                                       verbose=False)
         top_logprobs = getattr(request, "logprobs", None)
         recorder = LogprobRecorder(self.llm, top_logprobs) if top_logprobs is not None else None
         if recorder is not None:  # first in the chain: it sees the model's own logits at the sampled position

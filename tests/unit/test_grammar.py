@@ -1,34 +1,26 @@
 """Grammar-constrained decoding and log probabilities in the llama.cpp backend, on a tiny real GGUF.
 
-The engine request here carries the two optional fields the backend reads (`grammar`, `logprobs`); the
-OpenAI layer fills them from `response_format`, `tools` and `logprobs`/`top_logprobs`."""
+The engine request carries `structure` (what the output must be, as data; the backend compiles it into a grammar)
+and `logprobs`; the OpenAI layer fills them from `response_format`, `tools` and `logprobs`/`top_logprobs`."""
 
 from __future__ import annotations
 
 import json
 import math
 import re
-from dataclasses import dataclass
-
 import pytest
 
 from inference.engine.base import GenerationRequest, InvalidRequest, ModelSpec
 from inference.engine.grammar import (
-    grammar_for_response_format,
-    json_schema_grammar,
-    tool_call_grammar,
+    compile_structure,
+    structure_for_response_format,
+    structure_for_tools,
     tool_call_schema,
 )
 from inference.engine.llamacpp import LlamaCppBackend
 from inference.engine.sampling import SamplingParams
 
 jsonschema_rs = pytest.importorskip("jsonschema_rs", reason="installed with schemathesis (the dev extra)")
-
-
-@dataclass(frozen=True)
-class ConstrainedRequest(GenerationRequest):
-    grammar: str | None = None
-    logprobs: int | None = None
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +31,10 @@ def model(tiny_gguf):
     loaded.close()
 
 
-def run(model, grammar: str | None = None, *, seed: int = 0, logprobs: int | None = None, max_tokens: int = 200,
+def run(model, structure: dict | None = None, *, seed: int = 0, logprobs: int | None = None, max_tokens: int = 200,
         temperature: float = 1.0):
-    request = ConstrainedRequest(prompt="Answer in JSON:", max_tokens=max_tokens, grammar=grammar, logprobs=logprobs,
-                                 sampling=SamplingParams(temperature=temperature, seed=seed))
+    request = GenerationRequest(prompt="Answer in JSON:", max_tokens=max_tokens, structure=structure,
+                                logprobs=logprobs, sampling=SamplingParams(temperature=temperature, seed=seed))
     events = list(model.generate(request))
     text = "".join(e.text for e in events if e.kind == "token")
     return text, events[-1].finish_reason, events
@@ -69,7 +61,8 @@ def well_formed(text: str) -> bool:
 
 
 def test_every_output_that_stops_is_valid_for_the_schema(model):
-    grammar, validator = json_schema_grammar(PERSON), jsonschema_rs.Draft202012Validator(PERSON)
+    grammar = structure_for_response_format({"type": "json_schema", "json_schema": {"schema": PERSON}})
+    validator = jsonschema_rs.Draft202012Validator(PERSON)
     stopped = 0
     for seed in range(24):
         text, finish, _ = run(model, grammar, seed=seed)
@@ -84,7 +77,8 @@ def test_every_output_that_stops_is_valid_for_the_schema(model):
 @pytest.mark.slow
 def test_every_output_of_a_real_model_that_stops_is_valid_for_the_schema(demo_gguf):
     demo = LlamaCppBackend().load(ModelSpec(path=str(demo_gguf), format="gguf", n_ctx=512, n_gpu_layers=0))
-    grammar, validator = json_schema_grammar(PERSON), jsonschema_rs.Draft202012Validator(PERSON)
+    grammar = structure_for_response_format({"type": "json_schema", "json_schema": {"schema": PERSON}})
+    validator = jsonschema_rs.Draft202012Validator(PERSON)
     try:
         outputs = [run(demo, grammar, seed=seed, max_tokens=60) for seed in range(6)]
     finally:
@@ -96,7 +90,7 @@ def test_every_output_of_a_real_model_that_stops_is_valid_for_the_schema(demo_gg
 
 
 def test_json_object_mode_gives_a_json_object(model):
-    grammar = grammar_for_response_format({"type": "json_object"})
+    grammar = structure_for_response_format({"type": "json_object"})
     results = [run(model, grammar, seed=seed) for seed in range(8)]
     finished = [text for text, finish, _ in results if finish == "stop"]
     assert finished
@@ -110,7 +104,7 @@ def test_a_required_tool_call_is_a_valid_call_of_the_named_function(model):
         {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}},
     ]
     named = {"type": "function", "function": {"name": "get_weather"}}
-    grammar = tool_call_grammar(tools, named)
+    grammar = structure_for_tools(tools, named, parallel=True)
     validator = jsonschema_rs.Draft202012Validator(tool_call_schema(tools, named))
     finished = 0
     for seed in range(8):
@@ -125,7 +119,10 @@ def test_a_required_tool_call_is_a_valid_call_of_the_named_function(model):
 
 def test_it_refuses_a_schema_it_cannot_turn_into_a_grammar():
     with pytest.raises(InvalidRequest, match=r"\$ref"):
-        json_schema_grammar({"$ref": "https://example.com/schema.json"})
+        structure_for_response_format({"type": "json_schema",
+                                       "json_schema": {"schema": {"$ref": "https://example.com/schema.json"}}})
+    with pytest.raises(InvalidRequest, match="cannot be turned into a grammar"):
+        compile_structure({"type": "json_schema", "schema": {"type": "object", "properties": {"a": {"$ref": "#/x"}}}})
     with pytest.raises(InvalidRequest, match="not in tools"):
         tool_call_schema([{"type": "function", "function": {"name": "a"}}], {"function": {"name": "b"}})
 

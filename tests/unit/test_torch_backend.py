@@ -7,8 +7,8 @@ import transformers  # noqa: F401  (the reference these tests compare against)
 
 from inference.engine.base import ContextLengthExceeded, GenerationRequest, ModelSpec
 from inference.engine.sampling import SamplingParams
+from inference.engine.text import StreamingDetokenizer
 from inference.engine.torch.backend import TorchBackend
-from inference.engine.torch.detokenizer import StreamingDetokenizer
 from inference.engine.torch.tokenizer import TextTokenizer
 from tests.unit.torch_models import build_tiny_model
 

@@ -18,8 +18,7 @@ from inference.engine.base import (
     ModelSpec,
 )
 from inference.engine.chat_template import ChatTemplate
-from inference.engine.text import StopStrings
-from inference.engine.torch.detokenizer import StreamingDetokenizer
+from inference.engine.text import StopStrings, StreamingDetokenizer
 from inference.engine.torch.generate import generate_tokens
 from inference.engine.torch.loader import LoadedWeights, load_hf_model, read_config
 from inference.engine.torch.models import matvec
