@@ -13,7 +13,13 @@ COPY inference ./inference
 COPY api ./api
 COPY webui ./webui
 # PyTorch pinned first, so that nothing pulls a different build; MLX is left out of the Linux image.
+# llama.cpp without its AMX kernels on x86-64 (they die with SIGILL on some VMs that list AMX; see the
+# Makefile); a CMAKE_ARGS build argument is added after these flags.
 RUN pip install --no-cache-dir torch==2.13.0 \
+    && if [ "$(uname -m)" = x86_64 ]; then \
+         NO_AMX='-mno-amx-tile\ -mno-amx-int8\ -mno-amx-bf16'; \
+         export CMAKE_ARGS="-DCMAKE_C_FLAGS=$NO_AMX -DCMAKE_CXX_FLAGS=$NO_AMX $CMAKE_ARGS"; \
+       fi \
     && pip install --no-cache-dir .
 COPY manage.py ./
 COPY templates ./templates
