@@ -6,6 +6,7 @@ from django.contrib import messages as flash
 from django.contrib.auth.decorators import login_required
 from django.http import Http404
 from django.shortcuts import redirect, render
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
 from api.models import ApiKey
@@ -14,6 +15,7 @@ from api.selectors import keys_with_usage
 NAME_MAX_LENGTH = ApiKey._meta.get_field("name").max_length
 
 
+@never_cache  # the page shows a new key once: no browser or proxy may keep a copy (Cache-Control: no-store)
 @login_required
 def keys(request):
     new_key = request.session.pop("api_web_new_key", None)

@@ -10,12 +10,14 @@ On disk, under `MODELS_DIR/.uploads/`: `<id>.part` for a single file, `<id>/<nam
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 import stat
 import time
 import uuid
 import zipfile
+import zlib
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
 
@@ -37,6 +39,8 @@ MAX_FOLDER_FILES = 512
 # A file of a folder upload: a plain name (no path), not hidden, printable ASCII only.
 FOLDER_FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]{0,199}")
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+UNPACKING_SUFFIX = ".unpacking"  # a zip of one folder: unpacked, then that folder moved up into its place
+log = logging.getLogger(__name__)
 
 
 class UploadRefused(EngineError):
@@ -220,6 +224,9 @@ def check_zip(path: Path, limit: int) -> None:
             total += info.file_size
             if total > limit:
                 raise UploadRefused(f"The zip unpacks to more than {limit:,} bytes; refused.")
+            if name.lower().endswith(PICKLE_SUFFIXES):
+                raise UploadRefused(f"The zip holds {name}, a pickled PyTorch file. {UNPICKLE_ADVICE}; leave it "
+                                    "out of the zip and upload again.", code="pickle_refused")
 
 
 def extract_zip(path: Path, destination: Path) -> Path:
@@ -234,15 +241,29 @@ def extract_zip(path: Path, destination: Path) -> Path:
                 target.mkdir(parents=True, exist_ok=True)
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            with archive.open(info) as source, target.open("wb") as out:
-                shutil.copyfileobj(source, out, 1024 * 1024)
+            try:
+                with archive.open(info) as source, target.open("wb") as out:
+                    shutil.copyfileobj(source, out, 1024 * 1024)
+            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as error:
+                raise UploadRefused(f"The zip is damaged and cannot be unpacked ({info.filename}: {error}); "
+                                    "create it again and upload it again.", code="bad_zip") from None
     entries = [p for p in destination.iterdir() if not p.name.startswith(("__MACOSX", "."))]
     if len(entries) == 1 and entries[0].is_dir():  # a zip of a folder: the model is that folder's content
-        inner = destination.with_name(destination.name + ".unpacking")
+        inner = destination.with_name(destination.name + UNPACKING_SUFFIX)
         entries[0].rename(inner)
         shutil.rmtree(destination)
         inner.rename(destination)
     return destination
+
+
+def refuse_pickles(folder: Path) -> None:
+    """Nothing pickled may sit in a model folder, even beside safetensors that would be loaded instead."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and not path.is_symlink() and not path.name.endswith(".safetensors") and (
+            path.name.lower().endswith(PICKLE_SUFFIXES) or _starts_like_pickle(path)
+        ):
+            raise UploadRefused(f"{path.relative_to(folder)} holds pickled data. {UNPICKLE_ADVICE}.",
+                                code="pickle_refused")
 
 
 def place_folder(upload: Upload, destination: Path) -> Path:
@@ -257,8 +278,7 @@ def place_folder(upload: Upload, destination: Path) -> Path:
     for path in staging.iterdir():
         if path.is_symlink() or not path.is_file():
             raise UploadRefused(f"{path.name} is not a regular file; refused.")
-        if not path.name.endswith(".safetensors") and _starts_like_pickle(path):
-            raise UploadRefused(f"{path.name} holds pickled data. {UNPICKLE_ADVICE}.", code="pickle_refused")
+    refuse_pickles(staging)
     detect_format(staging)
     staging.rename(destination)
     shutil.rmtree(staging.parent, ignore_errors=True)
@@ -271,7 +291,8 @@ def _discard_partial(upload: Upload) -> None:
 
 
 def upload_finish(upload: Upload) -> LocalModel:
-    """Validate what arrived and import it; a refused upload's files are deleted and the reason kept on it."""
+    """Validate what arrived and import it. A refused upload leaves nothing behind: its partial files and whatever
+    was unpacked are deleted, and the upload is marked failed with the reason (never left `receiving`)."""
     if upload.status == Upload.Status.IMPORTED and upload.model_id:
         return upload.model
     if upload.status != Upload.Status.RECEIVING:
@@ -280,42 +301,54 @@ def upload_finish(upload: Upload) -> LocalModel:
     if upload.received != upload.size:
         raise UploadRefused(f"Only {upload.received:,} of {upload.size:,} bytes have arrived.", code="incomplete",
                             status=409)
-    part = part_path(upload)
-    library = Path(settings.MODELS_DIR)
     is_gguf = not upload.files and upload.filename.lower().endswith(".gguf")
-    destination = library / (upload.name + (".gguf" if is_gguf else ""))
+    destination = Path(settings.MODELS_DIR) / (upload.name + (".gguf" if is_gguf else ""))
     try:
-        if destination.exists():
+        if destination.exists():  # someone else's: refused before anything of ours is placed there
             raise UploadRefused(f"{destination.name} already exists in the models folder; pick another name.")
-        if upload.files:
-            model_path = place_folder(upload, destination)
-        elif is_gguf:
-            with part.open("rb") as f:
-                if f.read(4) != b"GGUF":
-                    raise UploadRefused("That file is not a GGUF model (it does not start with 'GGUF').")
-            part.rename(destination)
-            model_path = destination
-        else:
-            check_zip(part, max_upload_bytes())
-            model_path = extract_zip(part, destination)
-            part.unlink()
         try:
-            model = model_import(model_path, name=upload.name)
-        except EngineError:
-            if destination.is_dir():
-                shutil.rmtree(destination, ignore_errors=True)
-            else:
-                destination.unlink(missing_ok=True)
+            model = model_import(_place(upload, destination, is_gguf), name=upload.name)
+        except BaseException:
+            _remove(destination)
+            _remove(destination.with_name(destination.name + UNPACKING_SUFFIX))
             raise
-    except EngineError as error:
+    except Exception as error:
         _discard_partial(upload)
-        if destination.is_dir() and not LocalModel.objects.filter(name=upload.name).exists():
-            shutil.rmtree(destination, ignore_errors=True)
-        _mark_failed(upload, error.message)
-        raise
+        refusal = error if isinstance(error, EngineError) else UploadRefused(
+            f"Hearth could not import it ({type(error).__name__}); the server log has the details.",
+            code="internal_error", status=500)
+        if refusal is not error:
+            log.error("importing upload %s failed", upload.id, exc_info=error)
+        _mark_failed(upload, refusal.message)
+        raise refusal from (None if refusal is error else error)
     upload.status, upload.model = Upload.Status.IMPORTED, model
     upload.save(update_fields=["status", "model", "updated_at"])
     return model
+
+
+def _place(upload: Upload, destination: Path, is_gguf: bool) -> Path:
+    """Put what arrived at `destination` once it passes the checks of its kind; returns the model's path."""
+    part = part_path(upload)
+    if upload.files:
+        return place_folder(upload, destination)
+    if is_gguf:
+        with part.open("rb") as f:
+            if f.read(4) != b"GGUF":
+                raise UploadRefused("That file is not a GGUF model (it does not start with 'GGUF').")
+        part.rename(destination)
+        return destination
+    check_zip(part, max_upload_bytes())
+    extract_zip(part, destination)
+    refuse_pickles(destination)
+    part.unlink()
+    return destination
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def upload_cancel(upload: Upload) -> None:

@@ -14,7 +14,8 @@ ADMIN_USERNAME = "admin"
 class Command(BaseCommand):
     help = (
         "On first run, create the superuser 'admin' (password from HEARTH_ADMIN_PASSWORD, else generated) with an "
-        "API key, print them once and keep them in a file only its owner can read."
+        "API key and keep them in a file only its owner can read; on a terminal, also print them once (never into "
+        "a log: without a terminal only the file's location is printed)."
     )
 
     def handle(self, *args, **options):
@@ -32,6 +33,10 @@ class Command(BaseCommand):
         with os.fdopen(descriptor, "w") as handle:
             handle.write(f"username: {ADMIN_USERNAME}\npassword: {password}\napi_key: {api_key}\n")
         os.chmod(secret_file, 0o600)
+        if not self.stdout.isatty():  # a container's or service's log: more people read it than should log in
+            self.stdout.write(f"Created the superuser '{ADMIN_USERNAME}'. Its password and an API key are in "
+                              f"{secret_file} (readable only by the server's user); they are never printed here.")
+            return
         self.stdout.write(
             f"Created the superuser '{ADMIN_USERNAME}' with password: {password}\n"
             f"API key: {api_key}\n"
