@@ -12,8 +12,10 @@ from ninja.errors import ValidationError as NinjaValidationError
 
 from api.auth import Refused, body_too_large
 from api.errors import error_response
+from api.parser import StrictJsonParser
 from api.routers import admin, health, openai
 from api.schemas.openai import validation_error_to_openai
+from config.text import InvalidJson, InvalidText
 
 api = NinjaAPI(
     title="Hearth",
@@ -21,6 +23,7 @@ api = NinjaAPI(
     description="OpenAI-compatible API of a Hearth server.",
     docs_url="/api/docs",
     openapi_url="/api/openapi.json",
+    parser=StrictJsonParser(),
 )
 
 
@@ -43,6 +46,11 @@ def on_authentication_error(request: HttpRequest, exc: AuthenticationError):
 
 @api.exception_handler(HttpError)
 def on_http_error(request: HttpRequest, exc: HttpError):
+    cause = exc.__cause__  # what the parser raised, when ninja could not parse the body
+    if isinstance(cause, InvalidText):
+        return error_response(cause.message, param=cause.param, code="invalid_text")
+    if isinstance(cause, InvalidJson):
+        return error_response(f"The request body is not valid JSON: {cause.message}.", code="invalid_json")
     if exc.status_code == 400 and str(exc).startswith("Cannot parse request body"):
         return error_response("The request body is not valid JSON.", code="invalid_json")
     return error_response(str(exc), status=exc.status_code)
@@ -64,7 +72,15 @@ def on_body_too_large(request: HttpRequest, exc: RequestDataTooBig):
 
 @api.exception_handler(Exception)
 def on_unexpected_error(request: HttpRequest, exc: Exception):
-    """Whatever else goes wrong still answers in OpenAI's envelope; the traceback goes to the log."""
+    """Redis or the database briefly gone: 503 with Retry-After. Whatever else goes wrong still answers in
+    OpenAI's envelope; the traceback goes to the log."""
+    from inference.outages import RETRY_AFTER_SECONDS, outage_message, outage_seen
+
+    service = outage_seen(exc)
+    if service is not None:
+        logging.getLogger("api").warning("%s unreachable on %s: %s", service, request.path, exc)
+        return error_response(outage_message(service), status=503, code="service_unavailable",
+                              headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
     logging.getLogger("api").error("unhandled error on %s", request.path, exc_info=exc)
     return error_response(f"Internal error: {type(exc).__name__}. The server log has the details.", status=500,
                           code="internal_error")

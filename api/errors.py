@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from django.http import JsonResponse
 
+from config.paths import hide_paths
+
 ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -17,7 +19,8 @@ ERROR_TYPES = {
 
 
 def error_payload(message: str, *, status: int = 400, param: str | None = None, code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": ERROR_TYPES.get(status, "server_error"), "param": param,
+    """The envelope; a server file path in `message` is shortened to its last part (config.paths)."""
+    return {"error": {"message": hide_paths(message), "type": ERROR_TYPES.get(status, "server_error"), "param": param,
                       "code": code}}
 
 

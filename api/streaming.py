@@ -1,7 +1,13 @@
-"""From a job's relay events to OpenAI responses: one JSON answer, or SSE chunks.
+"""From a job's relay events to OpenAI responses: one JSON answer, or SSE chunks that a client can resume.
 
 Both wait for the job's first event before answering, so a prompt over the context or a backend that cannot
-load still gets a proper status code (400, 503, ...) instead of a 200 that carries an error.
+load still gets a proper status code (400, 503, ...) instead of a 200 that carries an error. A client that hangs
+up meanwhile (its job still queued) cancels the job.
+
+SSE event ids are unique and increasing: the chunks of relay event N have the ids "N", "N.1", "N.2", ... A client
+that reconnects with `Last-Event-ID` (docs/api.md: GET /v1/chat/completions/{id}?stream=true) gets every later
+chunk of the same job: the events are replayed from the relay, rendered the same way, and written from the first
+id after the one it saw.
 """
 
 from __future__ import annotations
@@ -19,9 +25,12 @@ from django.http import StreamingHttpResponse
 
 from api.errors import error_payload, error_response
 from inference.models import GenerationJob
-from inference.relay import get_relay
+from inference.relay import RelayUnavailable, get_relay, relay_unavailable_event
 
 FIRST_EVENT_TIMEOUT_SECONDS = 900
+RECONNECT_MS = 1000
+
+Numbered = tuple[int, dict[str, Any]]
 
 
 @dataclass
@@ -32,6 +41,7 @@ class JobOutcome:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
     backend: str = ""
     error: dict[str, Any] | None = None
     timings: dict[str, Any] = field(default_factory=dict)
@@ -41,15 +51,17 @@ class JobOutcome:
         kind = event["kind"]
         if kind == "started":
             self.prompt_tokens = event.get("prompt_tokens", 0)
+            self.cached_tokens = event.get("cached_tokens", 0)
             self.backend = event.get("backend", "")
         elif kind == "token":
             self.text += event.get("text", "")
-            self.completion_tokens += 1
+            self.completion_tokens += len(event.get("ids") or ()) or 1
             self.logprobs.extend(event.get("logprobs") or ())
         elif kind == "done":
             self.finish_reason = event.get("finish_reason") or "stop"
             self.prompt_tokens = event.get("prompt_tokens", self.prompt_tokens)
             self.completion_tokens = event.get("completion_tokens", self.completion_tokens)
+            self.cached_tokens = event.get("cached_tokens", self.cached_tokens)
             self.timings = {k: event.get(k) for k in ("time_to_first_token", "tokens_per_second")}
         elif kind == "error":
             self.error = event
@@ -64,8 +76,9 @@ class JobOutcome:
 
 
 def error_event_response(event: dict[str, Any]):
+    retry_after = event.get("retry_after")
     return error_response(event.get("message", "Generation failed."), status=event.get("status", 500),
-                          code=event.get("code"))
+                          code=event.get("code"), headers={"Retry-After": str(retry_after)} if retry_after else None)
 
 
 async def cancel_job(job_id: str) -> None:
@@ -76,33 +89,64 @@ async def cancel_job(job_id: str) -> None:
 
 
 class JobEvents:
-    """A job's events with the first one awaited up front, read in lists paced by HEARTH_STREAM_INTERVAL_MS."""
+    """A job's events with the first one awaited up front, read in lists paced by HEARTH_STREAM_INTERVAL_MS.
+
+    `batches()` also yields an empty list every few seconds while nothing arrives (for keep-alives); a relay that
+    stays unreachable ends the events with an error event (503)."""
 
     def __init__(self, job_id: str, after: int = 0):
         self.job_id = str(job_id)
         interval = settings.HEARTH_STREAM_INTERVAL_MS / 1000
         self._batches = get_relay().subscribe_batches(self.job_id, after, interval=interval)
-        self._first_batch: list[tuple[int, dict[str, Any]]] = []
+        self._first_batch: list[Numbered] = []
+        self._ended = False
+        self._last_index = after
         self.first: dict[str, Any] | None = None
 
+    async def _next(self) -> list[Numbered]:
+        try:
+            batch = await anext(self._batches)
+        except RelayUnavailable as error:
+            self._ended = True
+            return [(self._last_index + 1, relay_unavailable_event(error))]
+        except StopAsyncIteration:
+            self._ended = True
+            return []
+        if batch:
+            self._last_index = batch[-1][0]
+            self._ended = batch[-1][1]["kind"] in ("done", "error")
+        return batch
+
     async def wait_first(self) -> dict[str, Any]:
-        self._first_batch = await asyncio.wait_for(anext(self._batches), FIRST_EVENT_TIMEOUT_SECONDS)
+        """The first event; a client that hangs up meanwhile cancels the job."""
+        try:
+            async with asyncio.timeout(FIRST_EVENT_TIMEOUT_SECONDS):
+                while not self._first_batch:
+                    self._first_batch = await self._next()
+        except (asyncio.CancelledError, TimeoutError):
+            await asyncio.shield(self.cancel())
+            raise
         self.first = self._first_batch[0][1]
         return self.first
 
-    async def batches(self) -> AsyncIterator[list[tuple[int, dict[str, Any]]]]:
+    async def batches(self) -> AsyncIterator[list[Numbered]]:
         if self._first_batch:
             yield self._first_batch
-        async for batch in self._batches:
-            yield batch
+        while not self._ended:
+            yield await self._next()
 
-    async def __aiter__(self) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+    async def __aiter__(self) -> AsyncIterator[Numbered]:
         async for batch in self.batches():
             for item in batch:
                 yield item
 
     async def cancel(self) -> None:
         await cancel_job(self.job_id)
+
+    async def hang_up(self) -> None:
+        """The client went away mid-stream: its job goes on for HEARTH_RESUME_GRACE_SECONDS, for the client to
+        come back with Last-Event-ID; nobody back by then, the worker stops it."""
+        await sync_to_async(get_relay().watch)(self.job_id, settings.HEARTH_RESUME_GRACE_SECONDS)
 
 
 class ChoiceEvents:
@@ -114,7 +158,7 @@ class ChoiceEvents:
     def __init__(self, streams: list[JobEvents]):
         self.streams = streams
 
-    async def __aiter__(self) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+    async def __aiter__(self) -> AsyncIterator[Numbered]:
         queue: asyncio.Queue = asyncio.Queue()
 
         async def pump(choice: int, stream: JobEvents) -> None:
@@ -138,7 +182,7 @@ class ChoiceEvents:
             for task in tasks:
                 task.cancel()
 
-    async def batches(self) -> AsyncIterator[list[tuple[int, dict[str, Any]]]]:
+    async def batches(self) -> AsyncIterator[list[Numbered]]:
         async for item in self:
             yield [item]
 
@@ -146,19 +190,36 @@ class ChoiceEvents:
         for stream in self.streams:
             await stream.cancel()
 
+    async def hang_up(self) -> None:
+        for stream in self.streams:
+            await stream.hang_up()
 
-async def collect(events: JobEvents) -> JobOutcome:
+
+async def collect(events: JobEvents | ChoiceEvents) -> JobOutcome:
     outcome = JobOutcome()
     async for _index, event in events:
         outcome.apply(event)
     return outcome
 
 
-def sse_response(
-    events: JobEvents | ChoiceEvents, render: Callable[[int, dict[str, Any], JobOutcome], list[dict[str, Any]]],
-    *, headers: dict[str, str] | None = None,
-) -> StreamingHttpResponse:
-    """Stream `render(index, event, outcome)`'s chunks as SSE; a client that goes away cancels the job(s).
+def parse_event_id(value: str | None) -> tuple[int, int]:
+    """An SSE id ("N" or "N.k") as (N, k); anything else as (0, -1): from the start."""
+    if not value:
+        return 0, -1
+    head, _, tail = value.strip().partition(".")
+    try:
+        return int(head), int(tail) if tail else 0
+    except ValueError:
+        return 0, -1
+
+
+Renderer = Callable[[int, dict[str, Any], JobOutcome], list[dict[str, Any]]]
+
+
+def sse_response(events: JobEvents | ChoiceEvents, render: Renderer, *, headers: dict[str, str] | None = None,
+                 resume_after: tuple[int, int] = (0, -1), hang_up: bool = True) -> StreamingHttpResponse:
+    """Stream `render(index, event, outcome)`'s chunks as SSE (ids "N", "N.1", ...), writing only those after
+    `resume_after`. A client that goes away leaves its job a short grace to come back (`hang_up`).
 
     `outcome` is that of the event's choice. An error event ends the stream (then [DONE]) and cancels the
     other choices' jobs."""
@@ -166,8 +227,14 @@ def sse_response(
     async def body() -> AsyncIterator[str]:
         outcomes: dict[int, JobOutcome] = {}
         finished = failed = False
+        # The first event carries `retry:` (an EventSource that loses the connection is back well within the
+        # grace); a block of its own would reach OpenAI's client as an event with empty data.
+        retry = f"retry: {RECONNECT_MS}\n"
         try:
             async for batch in events.batches():  # one write per list of events, not one per token
+                if not batch:
+                    yield ": keep-alive\n\n"
+                    continue
                 lines = []
                 for index, event in batch:
                     outcome = outcomes.setdefault(event.get("choice", 0), JobOutcome())
@@ -175,19 +242,24 @@ def sse_response(
                     if event["kind"] == "error":
                         payload = error_payload(event.get("message", "Generation failed."),
                                                 status=event.get("status", 500), code=event.get("code"))
-                        lines.append(f"id: {index}\ndata: {json.dumps(payload)}\n\n")
+                        lines.append(_sse(index, 0, payload, resume_after))
                         failed = True
                         break
-                    for chunk in render(index, event, outcome):
-                        lines.append(f"id: {index}\ndata: {json.dumps(chunk, separators=(',', ':'))}\n\n")
-                yield "".join(lines)
+                    for part, chunk in enumerate(render(index, event, outcome)):
+                        lines.append(_sse(index, part, chunk, resume_after))
+                text = "".join(lines)
+                if text:
+                    yield retry + text
+                    retry = ""
                 if failed:
                     break
             finished = True
             yield "data: [DONE]\n\n"
         finally:
-            if not finished or (failed and isinstance(events, ChoiceEvents)):
-                await asyncio.shield(events.cancel())
+            if failed and isinstance(events, ChoiceEvents):
+                await asyncio.shield(events.cancel())  # one choice failed: the others stop
+            elif not finished and hang_up:
+                await asyncio.shield(events.hang_up())
 
     response = StreamingHttpResponse(body(), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
@@ -195,6 +267,13 @@ def sse_response(
     for name, value in (headers or {}).items():
         response[name] = value
     return response
+
+
+def _sse(index: int, part: int, payload: dict[str, Any], resume_after: tuple[int, int]) -> str:
+    if (index, part) <= resume_after:
+        return ""
+    event_id = f"{index}.{part}" if part else str(index)
+    return f"id: {event_id}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n"
 
 
 def now() -> int:

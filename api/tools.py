@@ -11,6 +11,7 @@ only names among the request's tools count, so ordinary JSON answers are not mis
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import secrets
@@ -22,8 +23,11 @@ MISTRAL_TAG = "[TOOL_CALLS]"
 PYTHON_TAG = "<|python_tag|>"
 
 
-def _call_id() -> str:
-    return f"call_{secrets.token_hex(12)}"
+def _call_id(seed: str | None, position: int) -> str:
+    """A call's id: derived from `seed` (the completion's id) when given, so a resumed stream repeats it."""
+    if seed is None:
+        return f"call_{secrets.token_hex(12)}"
+    return "call_" + hashlib.sha256(f"{seed}:{position}".encode()).hexdigest()[:24]
 
 
 def _as_call(value: Any, names: set[str]) -> dict[str, Any] | None:
@@ -40,7 +44,7 @@ def _as_call(value: Any, names: set[str]) -> dict[str, Any] | None:
             return None
     if not isinstance(arguments, dict):
         return None
-    return {"id": _call_id(), "type": "function",
+    return {"id": "", "type": "function",
             "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)}}
 
 
@@ -56,7 +60,15 @@ def tool_names(tools: Sequence[dict[str, Any]] | None) -> set[str]:
             == "function"} - {None}
 
 
-def parse_tool_calls(text: str, tools: Sequence[dict[str, Any]] | None) -> tuple[str | None, list[dict[str, Any]]]:
+def parse_tool_calls(text: str, tools: Sequence[dict[str, Any]] | None, *, id_seed: str | None = None
+                     ) -> tuple[str | None, list[dict[str, Any]]]:
+    content, calls = _parse(text, tools)
+    for position, call in enumerate(calls):
+        call["id"] = _call_id(id_seed, position)
+    return content, calls
+
+
+def _parse(text: str, tools: Sequence[dict[str, Any]] | None) -> tuple[str | None, list[dict[str, Any]]]:
     names = tool_names(tools)
     if not names:
         return text, []

@@ -8,6 +8,7 @@ transport, and in-memory channel layer and relay.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import dj_database_url
@@ -25,7 +26,8 @@ DEFAULT_SECRET_KEY = "hearth-insecure-development-key-change-me"
 SECRET_KEY = env_str("HEARTH_SECRET_KEY", DEFAULT_SECRET_KEY)
 REDIS_URL = env_str("HEARTH_REDIS_URL")
 PRODUCTION = bool(REDIS_URL)
-DEBUG = env_bool("HEARTH_DEBUG", not PRODUCTION)
+# Off unless asked for: DEBUG pages list every URL pattern and setting to whoever can reach the server.
+DEBUG = env_bool("HEARTH_DEBUG", False)
 
 if PRODUCTION:
     if SECRET_KEY == DEFAULT_SECRET_KEY or len(SECRET_KEY) < 32:
@@ -36,8 +38,31 @@ if PRODUCTION:
     if DEBUG:
         raise ImproperlyConfigured("Production mode (HEARTH_REDIS_URL is set) refuses to run with HEARTH_DEBUG on.")
 
+# ---------------------------------------------------------------------------------------------------------
+# Security: hosts, origins, HTTPS behind a proxy, cookies. (config/security.py and config/origins.py use these.)
 ALLOWED_HOSTS = env_list("HEARTH_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("HEARTH_CSRF_TRUSTED_ORIGINS", [])
+for _origin in CSRF_TRUSTED_ORIGINS:
+    if not re.fullmatch(r"https?://[^/\s]+", _origin):
+        raise ImproperlyConfigured(f"HEARTH_CSRF_TRUSTED_ORIGINS: {_origin!r} is not an origin such as "
+                                   "https://hearth.example.com (scheme, host and port if not the default).")
+# The header a TLS-terminating proxy in front of Hearth sets to "https" (e.g. X-Forwarded-Proto). Set it only when
+# that proxy overwrites the header on every request: a client could send it too. With it, Django and the websocket
+# origin check see HTTPS requests as such, and daphne takes client addresses from X-Forwarded-For.
+HEARTH_TRUSTED_PROXY_HEADER = env_str("HEARTH_TRUSTED_PROXY_HEADER")
+if HEARTH_TRUSTED_PROXY_HEADER and not re.fullmatch(r"[A-Za-z0-9-]+", HEARTH_TRUSTED_PROXY_HEADER):
+    raise ImproperlyConfigured(f"HEARTH_TRUSTED_PROXY_HEADER={HEARTH_TRUSTED_PROXY_HEADER!r} is not a header name "
+                               "such as X-Forwarded-Proto.")
+SECURE_PROXY_SSL_HEADER = None
+if HEARTH_TRUSTED_PROXY_HEADER:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + HEARTH_TRUSTED_PROXY_HEADER.upper().replace("-", "_"), "https")
+# Session and CSRF cookies only over HTTPS, and HSTS on HTTPS responses. Unset or empty: on behind a trusted proxy.
+HEARTH_SECURE_COOKIES = bool(HEARTH_TRUSTED_PROXY_HEADER)
+if env_str("HEARTH_SECURE_COOKIES"):
+    HEARTH_SECURE_COOKIES = env_bool("HEARTH_SECURE_COOKIES", HEARTH_SECURE_COOKIES)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = HEARTH_SECURE_COOKIES
+SECURE_HSTS_SECONDS = 365 * 24 * 3600 if HEARTH_SECURE_COOKIES else 0
+# ---------------------------------------------------------------------------------------------------------
 
 INSTALLED_APPS = [
     "daphne",
@@ -48,6 +73,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "ninja",  # /api/docs from its bundled static files, not a CDN (the CSP allows this site only)
     "inference",
     "api",
     "webui",
@@ -55,12 +81,16 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "config.security.ContentSecurityPolicyMiddleware",
+    "config.security.RefuseKeysInUrlMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "config.security.RefuseInvalidTextMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "webui.middleware.OutageMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -143,6 +173,9 @@ CELERY_BROKER_URL = REDIS_URL or "memory://localhost/"
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# A worker's threads take jobs (one each, so a worker never holds more than it has slots) and feed its engine,
+# whose single thread decodes them all together (inference/worker.py).
+CELERY_WORKER_POOL = "threads"
 CELERY_TASK_DEFAULT_QUEUE = "generation"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
@@ -162,7 +195,25 @@ HEARTH_MODEL_MEMORY_BUDGET = env_bytes("HEARTH_MODEL_MEMORY_BUDGET", 8 * 1024**3
 # writes per token at high token rates, at most this much added delay per token (0: one write per token).
 HEARTH_STREAM_INTERVAL_MS = env_int("HEARTH_STREAM_INTERVAL_MS", 50, minimum=0)
 HEARTH_RELAY_TTL_SECONDS = env_int("HEARTH_RELAY_TTL_SECONDS", 600, minimum=10)
-HEARTH_WORKER_HEARTBEAT_SECONDS = env_int("HEARTH_WORKER_HEARTBEAT_SECONDS", 5, minimum=1)
+HEARTH_WORKER_HEARTBEAT_SECONDS = env_int("HEARTH_WORKER_HEARTBEAT_SECONDS", 2, minimum=1)
+# A running job is leased to its worker; the heartbeat renews the lease. A lease that lapses (the worker killed,
+# its machine gone) lets a live worker take the job over and continue its stream.
+HEARTH_LEASE_SECONDS = env_int("HEARTH_LEASE_SECONDS", 3 * HEARTH_WORKER_HEARTBEAT_SECONDS, minimum=2)
+# Sequences each worker process decodes together (its Celery thread pool has this many threads), and the prompt
+# tokens a step reads at most beside them (a long prompt never holds the others up for more than one chunk).
+HEARTH_WORKER_SLOTS = env_int("HEARTH_WORKER_SLOTS", 8, minimum=1)
+HEARTH_PREFILL_CHUNK_TOKENS = env_int("HEARTH_PREFILL_CHUNK_TOKENS", 512, minimum=16)
+CELERY_WORKER_CONCURRENCY = HEARTH_WORKER_SLOTS
+# KV cache cells of a loaded model, shared by its slots (0: the model's context times the slots, at most 32768).
+HEARTH_KV_TOKENS = env_int("HEARTH_KV_TOKENS", 0, minimum=0)
+# A job nobody follows (its page, socket or SSE connection gone) is stopped after this long; an SSE client that
+# hangs up mid-stream has HEARTH_RESUME_GRACE_SECONDS to come back with Last-Event-ID before its job stops.
+HEARTH_WATCH_SECONDS = env_int("HEARTH_WATCH_SECONDS", 20, minimum=2)
+HEARTH_RESUME_GRACE_SECONDS = env_int("HEARTH_RESUME_GRACE_SECONDS", 5, minimum=1)
+# GET /metrics (Prometheus) with this bearer token; without one, administrators' sessions only.
+HEARTH_METRICS_TOKEN = env_str("HEARTH_METRICS_TOKEN")
+# Conversations pushed out of their slots are kept in host memory up to this, least recently used out first.
+HEARTH_KV_CACHE_BYTES = env_bytes("HEARTH_KV_CACHE_BYTES", 2 * 1024**3)
 HEARTH_EMBEDDED_WORKER = env_bool("HEARTH_EMBEDDED_WORKER", not PRODUCTION)
 HEARTH_DEFAULT_BACKEND = env_str("HEARTH_DEFAULT_BACKEND")
 # When a backend cannot load a model, the next of its chain is tried (and the job says so).

@@ -6,21 +6,23 @@ import logging
 import socket
 import threading
 
+from django.conf import settings
+
 from config.celery import app
 
 log = logging.getLogger(__name__)
 
 
 def start_embedded_worker() -> threading.Thread:
-    """Start one solo-pool worker (one generation at a time) in a daemon thread and return the thread."""
+    """Start one worker (a pool of HEARTH_WORKER_SLOTS threads feeding the engine) in a daemon thread."""
     import inference.tasks  # noqa: F401  (registers the tasks before the worker starts consuming)
-    from inference.presence import Heartbeat
+    from inference.tasks import start_worker_heartbeat
 
     hostname = f"embedded@{socket.gethostname()}"
     worker = app.WorkController(
         hostname=hostname,
-        pool_cls="solo",
-        concurrency=1,
+        pool_cls="threads",
+        concurrency=settings.HEARTH_WORKER_SLOTS,
         queues=["generation"],
         without_heartbeat=True,
         without_mingle=True,
@@ -29,5 +31,5 @@ def start_embedded_worker() -> threading.Thread:
     )
     thread = threading.Thread(target=worker.start, name="hearth-embedded-worker", daemon=True)
     thread.start()
-    Heartbeat(hostname).start()
+    start_worker_heartbeat(hostname)
     return thread

@@ -43,6 +43,9 @@ class LocalModel(models.Model):
         max_length=16, choices=BackendName.choices, blank=True, help_text="Empty: the format's native backend."
     )
     metadata = models.JSONField(default=dict, blank=True)
+    # The chat page's reply length when the conversation sets none (a user may raise it up to the context).
+    default_max_tokens = models.PositiveIntegerField(
+        default=1024, help_text="Longest reply of the chat page unless the conversation asks for more.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -94,7 +97,12 @@ class GenerationJob(models.Model):
     tokens_per_second = models.FloatField(null=True, blank=True)
     error_code = models.CharField(max_length=64, blank=True)
     error_text = models.TextField(blank=True)
+    cached_tokens = models.IntegerField(default=0)  # of the prompt, reused from a worker's prefix cache
+    # The worker process running the job holds it under a lease its heartbeat renews; a lapsed lease lets another
+    # worker take the job over (each time counted here) and continue its stream.
     worker = models.CharField(max_length=255, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    takeovers = models.IntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sys
 import threading
 import time
@@ -18,6 +19,7 @@ from functools import cache
 
 from django.conf import settings
 
+log = logging.getLogger(__name__)
 KEY_PREFIX = "hearth:worker:"
 CHANGE_POLL_SECONDS = 0.5  # how soon a newly loaded (or evicted) model shows
 
@@ -27,29 +29,48 @@ Loaded = list[tuple[str, str]]  # (backend, model path) pairs
 class Presence:
     def __init__(self) -> None:
         self._local: dict[str, tuple[float, Loaded]] = {}
+        self._engine: dict[str, list] = {}
         self._redis = None
         if settings.REDIS_URL:
             import redis
 
-            self._redis = redis.Redis.from_url(settings.REDIS_URL)
+            from config.redis import client_options
+
+            self._redis = redis.Redis.from_url(settings.REDIS_URL, **client_options())
 
     @property
     def ttl(self) -> int:
         return settings.HEARTH_WORKER_HEARTBEAT_SECONDS * 3
 
-    def beat(self, hostname: str, loaded: Loaded | None = None) -> None:
+    def beat(self, hostname: str, loaded: Loaded | None = None, engine: list | None = None) -> None:
+        """`engine`: the worker's schedulers (slots, running, waiting, caches), shown on /health."""
         loaded = [(str(backend), str(path)) for backend, path in loaded or []]
         if self._redis is not None:
-            payload = json.dumps({"at": time.time(), "loaded": loaded})
+            payload = json.dumps({"at": time.time(), "loaded": loaded, "engine": engine or []})
             self._redis.set(KEY_PREFIX + hostname, payload, ex=self.ttl)
         else:
             self._local[hostname] = (time.monotonic(), loaded)
+            self._engine[hostname] = engine or []
+
+    def engine_stats(self) -> dict[str, list]:
+        """Every live worker's schedulers, as its last beat reported them."""
+        if self._redis is not None:
+            keys = list(self._redis.scan_iter(KEY_PREFIX + "*"))
+            values = self._redis.mget(keys) if keys else []
+            stats = {}
+            for key, value in zip(keys, values, strict=True):
+                with contextlib.suppress(ValueError, TypeError, AttributeError):
+                    stats[key.decode()[len(KEY_PREFIX):]] = json.loads(value).get("engine", [])
+            return stats
+        live = set(self.live_workers())
+        return {name: list(stats) for name, stats in self._engine.items() if name in live}
 
     def leave(self, hostname: str) -> None:
         if self._redis is not None:
             self._redis.delete(KEY_PREFIX + hostname)
         else:
             self._local.pop(hostname, None)
+            self._engine.pop(hostname, None)
 
     def live_workers(self) -> list[str]:
         return sorted(self.loaded_models())
@@ -100,27 +121,48 @@ def cached_models() -> Loaded | None:
         return None
 
 
+def engine_stats() -> list:
+    """This process's schedulers (nothing before its first job: the runner is not imported here)."""
+    runner = sys.modules.get("inference.runner")
+    if runner is None:
+        return []
+    try:
+        return runner.engine().stats()
+    except RuntimeError:
+        return []
+
+
 class Heartbeat:
     """A daemon thread that keeps one worker's beat fresh until stopped, and beats at once when the models loaded
-    in this process change."""
+    in this process change. With `leases`, a second thread renews the leases of the jobs this process holds
+    every beat (those no longer its own are abandoned by its engine) and runs the reaper (inference/leases.py):
+    apart, so that a database that hangs (its pool waits up to HEARTH_DB_POOL_TIMEOUT) never stops the beat in
+    Redis, which tells the reaper this worker is alive when its leases lapse during a database outage."""
 
-    def __init__(self, hostname: str, loaded: Callable[[], Loaded | None] = cached_models):
+    def __init__(self, hostname: str, loaded: Callable[[], Loaded | None] = cached_models, *, leases: bool = False):
         self.hostname = hostname
         self._loaded = loaded
+        self._leases = leases
         self._last: Loaded = []
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{hostname}", daemon=True)
+        self._lease_thread = threading.Thread(target=self._tend_leases_every_beat, name=f"leases-{hostname}",
+                                              daemon=True)
 
     def start(self) -> None:
         self._last = self._loaded() or []
-        get_presence().beat(self.hostname, self._last)
+        with contextlib.suppress(Exception):  # Redis down at start: the thread keeps trying
+            get_presence().beat(self.hostname, self._last, engine_stats())
         self._thread.start()
+        if self._leases:
+            self._lease_thread.start()
 
     def stop(self) -> None:
         self._stopped.set()
         if self._thread.is_alive():
-            self._thread.join(timeout=2)  # so that no beat lands after the leave
-        get_presence().leave(self.hostname)
+            self._thread.join(timeout=5)  # so that no beat lands after the leave
+        with contextlib.suppress(Exception):
+            get_presence().leave(self.hostname)
 
     def _run(self) -> None:
         period = settings.HEARTH_WORKER_HEARTBEAT_SECONDS
@@ -134,5 +176,24 @@ class Heartbeat:
                 self._last = loaded
             # A Redis blip must not kill the beat; the next one retries.
             with contextlib.suppress(Exception):
-                get_presence().beat(self.hostname, self._last)
+                get_presence().beat(self.hostname, self._last, engine_stats())
                 last_beat = time.monotonic()
+
+    def _tend_leases_every_beat(self) -> None:
+        while not self._stopped.wait(settings.HEARTH_WORKER_HEARTBEAT_SECONDS):
+            self._tend_leases()
+
+    def _tend_leases(self) -> None:
+        from django.db import close_old_connections
+
+        from inference import leases, runner
+
+        try:
+            lost = leases.renew(self.hostname, runner.HELD.ids())
+            if lost:
+                runner.engine().abandon(lost, "taken over")
+            leases.REAPER.run()
+        except Exception:  # the database is down: the leases lapse only if the heartbeats stop too
+            log.warning("could not renew leases or reap", exc_info=True)
+        finally:
+            close_old_connections()

@@ -1,36 +1,96 @@
-"""What a worker does with one job: claim it, load the model, stream events to the relay, record the result.
+"""What a worker's task thread does with a job: claim one under a lease, prepare it, hand it to the engine, and
+record the result.
 
-The job row is written when claimed and once when finished, before the terminal event goes out, so a
-client that has seen "done" or "error" finds the row final.
+The job a task takes is the queued one whose turn it is (inference/leases.py: users in turn, then the oldest),
+not necessarily the one its message named: Celery delivers one message per job, so every job is taken once.
+The row is written when claimed and once at the end, before the terminal event goes out, so a client that has
+seen "done" or "error" finds the row final.
+
+A job whose stream already has events was started by a worker that died (or shut down): this one claims the
+stream, replays the token ids those events carry through a fresh OutputProcessor (same text, same held-back
+characters), re-reads the prompt and those tokens, and continues from the next index. Its subscribers see one
+stream with no gap and no duplicate.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
+import socket
+import threading
+import time
+from functools import cache
 from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
 
+from inference import metrics
 from inference.engine.base import EngineError
+from inference.engine.output import OutputProcessor
+from inference.engine.prompts import prepare_prompt
 from inference.engine.registry import ModelCache
+from inference.engine.scheduler import Sequence
+from inference.leases import claim_next
 from inference.models import GenerationJob, JobStatus
-from inference.relay import get_relay
+from inference.relay import RELAY_OUTAGE_SECONDS, StreamLost, get_relay, is_terminal
 from inference.selection import job_needs, select_and_load
 from inference.specs import request_from_json
+from inference.worker import Engine, JobRun
 
 log = logging.getLogger(__name__)
 
-MODEL_CACHE = ModelCache(settings.HEARTH_MODEL_MEMORY_BUDGET)
+WAIT_POLL_SECONDS = 1.0
+DATABASE_OUTAGE_SECONDS = 60
 
 
-def _claim(job_id: str, hostname: str) -> GenerationJob | None:
-    """Move a queued job to running; None when it was cancelled or taken meanwhile."""
-    claimed = GenerationJob.objects.filter(id=job_id, status=JobStatus.QUEUED).update(
-        status=JobStatus.RUNNING, started_at=timezone.now(), worker=hostname
-    )
-    return GenerationJob.objects.select_related("model").get(id=job_id) if claimed else None
+class Held:
+    """The jobs this process holds (claimed, not yet finished): what its heartbeat renews the leases of."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ids: set[str] = set()
+
+    def add(self, job_id: str) -> None:
+        with self._lock:
+            self._ids.add(job_id)
+
+    def discard(self, job_id: str) -> None:
+        with self._lock:
+            self._ids.discard(job_id)
+
+    def ids(self) -> list[str]:
+        with self._lock:
+            return sorted(self._ids)
+
+
+HELD = Held()
+
+
+class _Identity:
+    name = ""
+
+
+def name_worker(hostname: str) -> str:
+    """Name this process (at worker start): its name in the heartbeats and on the jobs it holds, unique per
+    process start, so a worker restarted under the same host name is not mistaken for the one that died."""
+    _Identity.name = f"{hostname or socket.gethostname()}#{secrets.token_hex(3)}"
+    return _Identity.name
+
+
+def worker_name() -> str:
+    return _Identity.name or name_worker("")
+
+
+@cache
+def engine() -> Engine:
+    return Engine(get_relay(), chunk_tokens=settings.HEARTH_PREFILL_CHUNK_TOKENS,
+                  cache_bytes=settings.HEARTH_KV_CACHE_BYTES, slots=settings.HEARTH_WORKER_SLOTS)
+
+
+MODEL_CACHE = ModelCache(settings.HEARTH_MODEL_MEMORY_BUDGET, is_busy=lambda model: engine().busy(model),
+                         on_evict=lambda model: engine().forget(model))
 
 
 def _failure(error: BaseException, backend: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -55,72 +115,204 @@ def _select(job: GenerationJob):
     return select_and_load(MODEL_CACHE, job.model, job.request.get("backend"), job_needs(job.kind, job.request))
 
 
-def run_generation_job(job_id: str, hostname: str = "") -> None:
+class _Lifecycle:
+    shutting_down = False
+
+
+def run_next_job(worker: str) -> None:
+    """The task: take the job whose turn it is (if any is still queued) and run it to its end."""
+    if _Lifecycle.shutting_down:
+        return  # the message is acknowledged; the job stays queued for the other workers
     close_old_connections()
-    job = _claim(job_id, hostname)
-    if job is None:
-        return
-    if job.kind == GenerationJob.Kind.EMBEDDING:
-        run_embedding_job(job)
-        return
+    try:
+        job = claim_next(worker)
+        if job is None:
+            return
+        HELD.add(str(job.id))
+        metrics.observe_claim((job.started_at - job.created_at).total_seconds(), job.model_name)
+        try:
+            if job.kind == GenerationJob.Kind.EMBEDDING:
+                run_embedding_job(job, worker)
+            else:
+                run_generation_job(job, worker)
+        finally:
+            HELD.discard(str(job.id))
+    finally:
+        close_old_connections()
+
+
+def _finish_row(job: GenerationJob, worker: str, **fields) -> bool:
+    """Write the job's final row, if the job is still this worker's; False when it is not (taken over). A model's
+    text may hold NUL characters, which PostgreSQL's text cannot: they are stored as U+FFFD."""
+    for name in ("output_text", "error_text"):
+        if isinstance(fields.get(name), str):
+            fields[name] = fields[name].replace("\x00", "\ufffd")
+    written = _with_database(lambda: GenerationJob.objects.filter(
+        id=job.id, worker=worker, status=JobStatus.RUNNING).update(
+        finished_at=timezone.now(), lease_expires_at=None, **fields))
+    if written:
+        metrics.observe_finished(
+            status=fields["status"], model=job.model_name, backend=fields.get("backend") or "",
+            prompt_tokens=fields.get("prompt_tokens", 0), completion_tokens=fields.get("completion_tokens", 0),
+            cached_tokens=fields.get("cached_tokens", 0), time_to_first_token=fields.get("time_to_first_token"),
+            tokens_per_second=fields.get("tokens_per_second"))
+    return written
+
+
+def _with_database(write, patience: float = DATABASE_OUTAGE_SECONDS):
+    """Run a write, waiting out a database restart of up to `patience` seconds (the job's end is not lost)."""
+    from inference.outages import outage_seen
+
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return write()
+        except Exception as error:
+            if outage_seen(error) is None or time.monotonic() > deadline:
+                raise
+            close_old_connections()
+            time.sleep(1.0)
+
+
+def _publish_with_retry(publish, *args) -> bool:
+    """Publish through a relay outage of up to RELAY_OUTAGE_SECONDS; False when the stream is lost or the relay
+    stays down."""
+    deadline = time.monotonic() + RELAY_OUTAGE_SECONDS
+    while True:
+        try:
+            publish(*args)
+            return True
+        except StreamLost:
+            return False
+        except Exception:
+            if time.monotonic() > deadline:
+                log.exception("the relay stayed unreachable; an event was not published")
+                return False
+            time.sleep(0.5)
+
+
+def run_generation_job(job: GenerationJob, worker: str) -> None:
     relay = get_relay()
-    publisher = relay.publisher(str(job.id))
-    text_parts: list[str] = []
-    fields: dict[str, Any] = {}
-    terminal: dict[str, Any] = {}
+    existing = relay.claim(str(job.id), worker)
+    if existing and is_terminal(existing[-1][1]):
+        _settle_from_stream(job, worker, existing)
+        return
+    publisher = relay.publisher(str(job.id), worker, after=existing[-1][0] if existing else 0)
     backend = None
     try:
         selection = _select(job)
-        backend, loaded = selection.backend, selection.loaded
-        fields.update(backend=backend, fallbacks=selection.fallbacks)
-        events = loaded.generate(request_from_json(job.request), should_stop=lambda: relay.is_cancelled(str(job.id)))
-        for event in events:
-            if event.kind == "done":
-                terminal = event.to_dict()
-                cancelled = event.finish_reason == "cancelled"
-                fields.update(
-                    status=JobStatus.CANCELLED if cancelled else JobStatus.SUCCEEDED,
-                    finish_reason=event.finish_reason or "",
-                    prompt_tokens=event.prompt_tokens,
-                    completion_tokens=event.completion_tokens,
-                    time_to_first_token=event.time_to_first_token,
-                    tokens_per_second=event.tokens_per_second,
-                )
-                break
-            if event.kind == "token":
-                text_parts.append(event.text)
-            payload = event.to_dict()
-            if event.kind == "started":
-                payload.update(backend=backend, fallbacks=selection.fallbacks)
-            publisher.publish(payload)
-        else:
-            raise EngineError("The backend ended without a result.", code="backend_error")
+        backend, model = selection.backend, selection.loaded
+        request = request_from_json(job.request)
+        prompt = prepare_prompt(model, request)
+        sent = [token for _, event in existing if event["kind"] == "token" for token in event.get("ids", ())]
+        processor = OutputProcessor(detokenize=model.detokenize, eog_ids=model.eog_ids,
+                                    max_new_tokens=prompt.max_new_tokens, stop=request.stop,
+                                    n_prompt=len(prompt.ids), logprobs=request.logprobs is not None)
+        processor.replay(sent)
+        sampler = model.sampler(request, prompt.ids + sent, len(prompt.ids))
     except Exception as error:
-        failure_fields, terminal = _failure(error, backend)
-        fields.update(failure_fields)
-    GenerationJob.objects.filter(id=job.id).update(
-        output_text="".join(text_parts), finished_at=timezone.now(), **fields
-    )
-    publisher.publish(terminal)
+        fields, terminal = _failure(error, backend)
+        if _finish_row(job, worker, **fields):
+            _publish_with_retry(publisher.publish, terminal)
+        return
+    already_started = any(event["kind"] == "started" for _, event in existing)
+    started = None if already_started else processor.started(
+        dropped_messages=prompt.dropped_messages, backend=backend, fallbacks=selection.fallbacks)
+    sequence = Sequence(id=str(job.id), user=str(job.owner_id), tokens=prompt.ids + sent, sampler=sampler,
+                        n_prompt=len(prompt.ids))
+    run = JobRun(job_id=str(job.id), sequence=sequence, processor=processor, publisher=publisher, started=started)
+    try:
+        if processor.exhausted:  # its earlier worker had sent every token it may: only the end is missing
+            run.terminal = processor.end("length")[-1]
+            run.finished.set()
+        else:
+            try:
+                engine().submit(run, model, label=f"{job.model_name} ({backend})")
+            except RuntimeError:  # the worker is shutting down: the job goes back to the queue
+                from inference.leases import hand_back
+
+                hand_back(str(job.id), worker)
+                return
+            while not run.finished.wait(WAIT_POLL_SECONDS):
+                pass
+    finally:
+        sampler.close()
+    if run.abandoned:
+        log.info("job %s: no longer this worker's (%s)", job.id, run.abandoned)
+        return
+    _publish_with_retry(run.flush)
+    terminal = run.terminal or {"kind": "error", "exception": EngineError("The backend ended without a result.")}
+    if terminal["kind"] == "error":
+        fields, terminal = _failure(terminal["exception"], backend)
+    else:
+        cancelled = terminal["finish_reason"] == "cancelled"
+        fields = {
+            "status": JobStatus.CANCELLED if cancelled else JobStatus.SUCCEEDED,
+            "finish_reason": terminal["finish_reason"],
+            "prompt_tokens": terminal["prompt_tokens"],
+            "completion_tokens": terminal["completion_tokens"],
+            "cached_tokens": terminal.get("cached_tokens", 0),
+            "time_to_first_token": terminal.get("time_to_first_token"),
+            "tokens_per_second": terminal.get("tokens_per_second"),
+        }
+        if run.stop_reason == "client gone":
+            fields["error_text"] = "Stopped: nobody was following it any more (its page or connection closed)."
+    fields.update(backend=backend, fallbacks=selection.fallbacks, output_text=processor.text)
+    if _finish_row(job, worker, **fields):
+        _publish_with_retry(publisher.publish, terminal)
 
 
-def run_embedding_job(job: GenerationJob) -> None:
+def _settle_from_stream(job: GenerationJob, worker: str, events: list) -> None:
+    """A job whose stream already ended (its worker died between publishing the end and writing the row)."""
+    terminal = events[-1][1]
+    text = "".join(event.get("text", "") for _, event in events if event["kind"] == "token")
+    if terminal["kind"] == "error":
+        fields = {"status": JobStatus.FAILED, "error_code": terminal.get("code", ""),
+                  "error_text": terminal.get("message", "")}
+    else:
+        fields = {"status": JobStatus.CANCELLED if terminal.get("finish_reason") == "cancelled"
+                  else JobStatus.SUCCEEDED, "finish_reason": terminal.get("finish_reason", ""),
+                  "prompt_tokens": terminal.get("prompt_tokens", 0),
+                  "completion_tokens": terminal.get("completion_tokens", 0)}
+    _finish_row(job, worker, output_text=text, **fields)
+
+
+def run_embedding_job(job: GenerationJob, worker: str) -> None:
     """An embedding job: "started", then "done" carrying the vectors (request {"input": [texts]})."""
     relay = get_relay()
-    publisher = relay.publisher(str(job.id))
+    existing = relay.claim(str(job.id), worker)
+    publisher = relay.publisher(str(job.id), worker, after=existing[-1][0] if existing else 0)
     fields: dict[str, Any] = {}
     try:
         selection = _select(job)
         loaded = selection.loaded
         fields.update(backend=selection.backend, fallbacks=selection.fallbacks)
-        publisher.publish({"kind": "started", "backend": selection.backend, "fallbacks": selection.fallbacks,
-                           "prompt_tokens": 0})
+        if not existing:
+            publisher.publish({"kind": "started", "backend": selection.backend, "fallbacks": selection.fallbacks,
+                               "prompt_tokens": 0})
         result = loaded.embed(job.request.get("input") or [], should_stop=lambda: relay.is_cancelled(str(job.id)))
         fields.update(status=JobStatus.SUCCEEDED, finish_reason="stop", prompt_tokens=result.prompt_tokens)
         terminal = {"kind": "done", "finish_reason": "stop", "prompt_tokens": result.prompt_tokens,
                     "completion_tokens": 0, "embeddings": result.vectors, "dimensions": loaded.dimensions}
+    except StreamLost:
+        return
     except Exception as error:
         failure_fields, terminal = _failure(error, "llamacpp")
         fields.update(failure_fields)
-    GenerationJob.objects.filter(id=job.id).update(finished_at=timezone.now(), **fields)
-    publisher.publish(terminal)
+    if _finish_row(job, worker, **fields):
+        _publish_with_retry(publisher.publish, terminal)
+
+
+def shut_down(worker: str) -> int:
+    """SIGTERM: stop the engine and hand every job this process holds back to the queue, where another worker
+    (or this one, restarted) continues its stream. Returns how many were handed back."""
+    from inference.leases import hand_back
+
+    _Lifecycle.shutting_down = True
+    held = HELD.ids()
+    engine().stop()
+    handed = 0
+    for job_id in held:
+        handed += hand_back(job_id, worker)
+    MODEL_CACHE.clear()
+    return handed

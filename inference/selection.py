@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 CONVERTED_DIR_NAME = "converted"  # under MODELS_DIR: GGUF files made for llama.cpp from library models
 CONVERTED_TYPE = "f16"
 NEED_NAMES = {"structured_output": "structured output (a grammar, a JSON schema or a forced tool call)",
-              "embeddings": "embeddings", "logprobs": "logprobs", "tools": "tools"}
+              "embeddings": "embeddings", "logprobs": "logprobs"}
 
 
 class NoBackendCanServe(BackendUnavailable):
@@ -76,7 +76,7 @@ def model_chain(model: LocalModel, requested: str | None = None) -> list[str]:
 
 
 def job_needs(kind: str, request: dict[str, Any]) -> frozenset[str]:
-    """What a job asks of its backend: "embeddings", "structured_output", "logprobs", "tools", and
+    """What a job asks of its backend: "embeddings", "structured_output", "logprobs", and
     "sampling:<name>" for each sampling parameter set away from its default."""
     needs = set()
     if kind == GenerationJob.Kind.EMBEDDING:
@@ -85,8 +85,6 @@ def job_needs(kind: str, request: dict[str, Any]) -> frozenset[str]:
         needs.add("structured_output")
     if request.get("logprobs") is not None:
         needs.add("logprobs")
-    if request.get("tools"):
-        needs.add("tools")
     defaults = SamplingParams()
     for param in fields(SamplingParams):
         value = (request.get("sampling") or {}).get(param.name, getattr(defaults, param.name))

@@ -28,6 +28,8 @@ class NoWorkerAvailable(EngineError):
     code = "no_worker"
     status = 503
 
+    retry_after = 10
+
 
 def default_model_name(path: Path) -> str:
     stem = path.name if path.is_dir() else path.stem
@@ -85,22 +87,27 @@ def _admit() -> None:
 
 
 def _enqueue(**fields) -> GenerationJob:
-    """Write the job row; its task is sent once the row is committed."""
+    """Write the job row; its task is sent once the row is committed. The job counts as watched until its
+    requester starts following it (a job nobody follows is stopped: inference/worker.py)."""
     job = GenerationJob.objects.create(**fields)
     job_id = str(job.id)
+    get_relay().watch(job_id)
     transaction.on_commit(lambda: _send_generation_task(job_id))
     return job
 
 
 def generation_start(
     *, owner, model: LocalModel, request: GenerationRequest, kind: str = GenerationJob.Kind.CHAT,
-    backend: str | None = None, api_key=None,
+    backend: str | None = None, api_key=None, response: dict | None = None,
 ) -> GenerationJob:
-    """Queue a generation (503 without a live worker, 429 when the queue is full)."""
+    """Queue a generation (503 without a live worker, 429 when the queue is full). `response` is the shape of
+    the API's answer, kept so that a resumed stream renders the same."""
     _admit()
     payload = request_to_json(request)
     if backend:
         payload["backend"] = backend
+    if response:
+        payload["response"] = response
     return _enqueue(owner=owner, api_key=api_key, model=model, model_name=model.name, kind=kind, request=payload)
 
 

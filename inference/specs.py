@@ -11,20 +11,31 @@ from inference.engine.base import GenerationRequest, ModelSpec
 from inference.engine.sampling import SamplingParams
 from inference.models import LocalModel
 
+DEFAULT_KV_TOKENS_CAP = 32768  # KV cells of a loaded model when HEARTH_KV_TOKENS is not set
+
 
 def effective_context(model: LocalModel) -> int:
     return min(model.context_length or settings.HEARTH_MAX_CTX, settings.HEARTH_MAX_CTX)
 
 
+def kv_tokens(n_ctx: int) -> int:
+    """KV cache cells a loaded model's slots share: HEARTH_KV_TOKENS, else a full context per slot up to
+    DEFAULT_KV_TOKENS_CAP (never less than one full context)."""
+    return settings.HEARTH_KV_TOKENS or max(n_ctx, min(n_ctx * settings.HEARTH_WORKER_SLOTS, DEFAULT_KV_TOKENS_CAP))
+
+
 def model_spec(model: LocalModel) -> ModelSpec:
+    n_ctx = effective_context(model)
     return ModelSpec(
         path=model.path,
         format=model.format,
         architecture=model.architecture,
-        n_ctx=effective_context(model),
+        n_ctx=n_ctx,
         n_gpu_layers=settings.HEARTH_N_GPU_LAYERS,
         n_threads=settings.HEARTH_N_THREADS,
         chat_template=model.chat_template or None,
+        n_slots=settings.HEARTH_WORKER_SLOTS,
+        kv_tokens=kv_tokens(n_ctx),
     )
 
 

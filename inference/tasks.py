@@ -1,20 +1,37 @@
-"""Celery tasks: thin entry points over the runner and services."""
+"""Celery tasks: thin entry points over the runner and services, and the worker's life cycle.
+
+A worker runs Celery's thread pool with HEARTH_WORKER_SLOTS threads: each `generation_run` task takes the queued
+job whose turn it is and hands it to the process's engine, which decodes every slot together. At start the
+worker begins to beat (presence, lease renewal, the reaper); on SIGTERM it hands its jobs back to the queue before
+Celery's warm shutdown waits for the tasks, so another worker continues their streams.
+"""
 
 from __future__ import annotations
 
+import logging
+
 from celery import shared_task
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
 from inference.presence import Heartbeat
 
+log = logging.getLogger(__name__)
+OUTAGE_RETRY_SECONDS = 3
 _heartbeats: dict[str, Heartbeat] = {}
 
 
-@shared_task(name="inference.generation_run", acks_late=True, ignore_result=True)
-def generation_run(job_id: str) -> None:
-    from inference.runner import run_generation_job
+@shared_task(bind=True, name="inference.generation_run", acks_late=True, ignore_result=True, max_retries=None)
+def generation_run(self, job_id: str) -> None:
+    from inference.outages import outage_seen
+    from inference.runner import run_next_job, worker_name
 
-    run_generation_job(job_id, hostname=generation_run.request.hostname or "")
+    try:
+        run_next_job(worker_name())
+    except Exception as error:
+        if outage_seen(error) is None:
+            raise
+        # The database or Redis is briefly gone before a job could be claimed: try again shortly.
+        raise self.retry(countdown=OUTAGE_RETRY_SECONDS) from error
 
 
 @shared_task(name="inference.model_convert", acks_late=True, ignore_result=True)
@@ -27,15 +44,42 @@ def model_convert(conversion_id: int) -> None:
     conversion_run(conversion_id)
 
 
+def start_worker_heartbeat(hostname: str) -> Heartbeat:
+    """Begin to beat (presence, leases, the reaper) and wake the jobs left queued without a message."""
+    from django.db import close_old_connections
+
+    from inference.leases import wake_queued
+    from inference.runner import name_worker
+
+    name = name_worker(hostname)
+    beat = _heartbeats[name] = Heartbeat(name, leases=True)
+    beat.start()
+    try:
+        woken = wake_queued()
+        if woken:
+            log.info("%d queued job(s) sent to the workers again", woken)
+    except Exception:
+        log.warning("could not look for queued jobs", exc_info=True)
+    finally:
+        close_old_connections()
+    return beat
+
+
 @worker_ready.connect
 def _start_heartbeat(sender, **_kwargs) -> None:
-    hostname = sender.hostname
-    _heartbeats[hostname] = Heartbeat(hostname)
-    _heartbeats[hostname].start()
+    start_worker_heartbeat(sender.hostname)
+
+
+@worker_shutting_down.connect
+def _hand_back_jobs(sender=None, **_kwargs) -> None:
+    from inference.runner import shut_down, worker_name
+
+    handed = shut_down(worker_name())
+    if handed:
+        log.warning("shutting down: %d job(s) handed back to the queue", handed)
 
 
 @worker_shutdown.connect
 def _stop_heartbeat(sender, **_kwargs) -> None:
-    beat = _heartbeats.pop(getattr(sender, "hostname", ""), None)
-    if beat:
-        beat.stop()
+    for name in list(_heartbeats):
+        _heartbeats.pop(name).stop()

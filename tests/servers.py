@@ -6,6 +6,7 @@ on 127.0.0.1 (a fresh database and Redis db per server), daphne, and separate `c
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -38,7 +39,8 @@ def manage(env: dict[str, str], *args: str, check: bool = True) -> subprocess.Co
 
 class RedisServer:
     """A private `redis-server` on a free port: each test server gets its own (nothing shared with other test runs
-    on this machine), and a test can stop it and start it again on the same port to play an outage."""
+    on this machine), and a test can stop it and start it again on the same port to play an outage. It keeps its
+    data in an append-only file, as docker-compose.yml's Redis does, so a restart loses nothing."""
 
     def __init__(self, data_dir: Path, port: int | None = None):
         self.port = port or free_port()
@@ -52,8 +54,9 @@ class RedisServer:
     def start(self, timeout: float = 10) -> RedisServer:
         log = (self.data_dir / f"redis-{self.port}.log").open("ab")
         self.process = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.data_dir)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+             "--appendfsync", "always", "--appenddirname", f"aof-{self.port}", "--dir", str(self.data_dir)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         import redis
 
         deadline = time.monotonic() + timeout
@@ -73,6 +76,74 @@ class RedisServer:
         self.process = None
 
 
+class PostgresDoor:
+    """A TCP door in front of PostgreSQL: the Hearth processes of a test server reach their database through it,
+    and a test closes it (every open connection cut, new ones refused) to play a database outage, then opens it
+    again. The shared PostgreSQL of the machine is never stopped."""
+
+    def __init__(self, target: tuple[str, int]):
+        import threading
+
+        self.target = target
+        self.port = free_port()
+        self._open = threading.Event()
+        self._open.set()
+        self._lock = threading.Lock()
+        self._sockets: set[socket.socket] = set()
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, name="postgres-door", daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if not self._open.is_set():
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._sockets.update((client, upstream))
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                self._forget(sock)
+
+    def _forget(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.discard(sock)
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
+
+    def close(self) -> None:
+        """The outage: every connection through the door is cut and new ones are refused."""
+        self._open.clear()
+        with self._lock:
+            sockets = list(self._sockets)
+        for sock in sockets:
+            self._forget(sock)
+
+    def open(self) -> None:
+        self._open.set()
+
+
 @dataclass
 class HearthServer:
     env: dict[str, str]
@@ -83,6 +154,7 @@ class HearthServer:
     logs: list[Path] = field(default_factory=list)
     redis: RedisServer | None = None
     postgres_database: str = ""
+    postgres_door: PostgresDoor | None = None
 
     @property
     def base_url(self) -> str:
@@ -94,7 +166,7 @@ class HearthServer:
     def spawn(self, name: str, command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
         log = self.data_dir / f"{name}.log"
         self.logs.append(log)
-        process = subprocess.Popen(command, cwd=ROOT, env=env or self.env, stdout=log.open("wb"),
+        process = subprocess.Popen(command, cwd=ROOT, env=env or self.env, stdout=log.open("ab"),
                                    stderr=subprocess.STDOUT, start_new_session=True)
         self.processes.append(process)
         return process
@@ -103,9 +175,9 @@ class HearthServer:
         self.spawn("web", [PYTHON, "manage.py", "serve", "--port", str(self.port)])
 
     def start_celery_worker(self, name: str = "worker") -> subprocess.Popen:
-        return self.spawn(name, [PYTHON, "-m", "celery", "-A", "config", "worker", "-Q", "generation", "--pool",
-                                 "solo", "--concurrency", "1", "--hostname", f"{name}-{self.port}@%h",
-                                 "--loglevel", "INFO", "--without-mingle", "--without-gossip"])
+        return self.spawn(name, [PYTHON, "-m", "celery", "-A", "config", "worker", "-Q", "generation",
+                                 "--hostname", f"{name}-{self.port}@%h", "--loglevel", "INFO",
+                                 "--without-mingle", "--without-gossip"])
 
     def wait_healthy(self, timeout: float = 90, workers: int = 1) -> dict:
         deadline = time.monotonic() + timeout
@@ -142,6 +214,21 @@ class HearthServer:
         self.processes.clear()
         if self.redis is not None:
             self.redis.stop()
+
+    def job_statuses(self, job_ids: list[str]) -> dict[str, str]:
+        """The status of each job (ids as the API gives them), read from the server's database."""
+        wanted = {str(job_id).replace("-", ""): str(job_id) for job_id in job_ids}
+        if self.postgres_database:
+            import psycopg
+
+            with psycopg.connect(f"{POSTGRES_URL}/{self.postgres_database}") as connection:
+                rows = connection.execute("SELECT id::text, status FROM inference_generationjob").fetchall()
+        else:
+            import sqlite3
+
+            with sqlite3.connect(self.data_dir / "hearth.sqlite3", timeout=30) as connection:
+                rows = connection.execute("SELECT id, status FROM inference_generationjob").fetchall()
+        return {wanted[str(i).replace("-", "")]: status for i, status in rows if str(i).replace("-", "") in wanted}
 
     def create_user(self, username: str, password: str = ADMIN_PASSWORD, *, staff: bool = False) -> str:
         """Create a user and return a new API key of theirs."""
@@ -203,22 +290,33 @@ def drop_postgres_database(name: str) -> None:
         connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def start_production(data_dir: Path, models: dict[str, Path], *, workers: int = 1, **env_extra: str) -> HearthServer:
+def start_production(data_dir: Path, models: dict[str, Path], *, workers: int = 1, postgres_door: bool = False,
+                     **env_extra: str) -> HearthServer:
+    """With `postgres_door`, Hearth reaches PostgreSQL through a `PostgresDoor` the test can close."""
+    from urllib.parse import urlsplit
+
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     database = create_postgres_database()
     redis_server = RedisServer(data_dir).start()
+    database_url = f"{POSTGRES_URL}/{database}"
+    door = None
+    if postgres_door:
+        parts = urlsplit(POSTGRES_URL)
+        door = PostgresDoor((parts.hostname or "127.0.0.1", parts.port or 5432))
+        database_url = f"{parts.scheme}://{parts.username or 'postgres'}@127.0.0.1:{door.port}/{database}"
     env = base_env(
         data_dir,
         HEARTH_PORT=str(port),
         HEARTH_REDIS_URL=f"{redis_server.url}/0",
-        DATABASE_URL=f"{POSTGRES_URL}/{database}",
+        DATABASE_URL=database_url,
         HEARTH_SECRET_KEY=secrets.token_urlsafe(48),
         HEARTH_DEBUG="0",
         HEARTH_WORKER_HEARTBEAT_SECONDS="1",
         **env_extra,
     )
-    server = HearthServer(env=env, port=port, data_dir=data_dir, redis=redis_server, postgres_database=database)
+    server = HearthServer(env=env, port=port, data_dir=data_dir, redis=redis_server, postgres_database=database,
+                          postgres_door=door)
     prepare(server, models)
     for index in range(workers):
         server.start_celery_worker(f"worker{index}")

@@ -11,7 +11,10 @@ Server → client: {"type": "accepted", "conversation": id, "title": text, "mess
                   "user_message": id (send and edit), "versions": {"index", "count", "prev", "next"} of
                   the reply (regenerate) or of the user message (edit)}
                  {"type": "event", "job": id, "index": n, "event": {...relay event...}}
-                 {"type": "error", "message": text, "code": code}
+                 {"type": "queue", "job": id, "position": n}  (until the job's first event: its place in line)
+                 {"type": "error", "message": text, "code": code, "param": where (invalid text only)}
+Messages are JSON text frames whose strings hold no NUL or lone surrogate (config.text); any other frame gets an
+error message back, and the socket stays open.
 """
 
 from __future__ import annotations
@@ -21,12 +24,17 @@ import logging
 import uuid
 
 from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
+from config import text as request_text
+from config.paths import paths_for
 from inference.engine.base import EngineError, GenerationRequest
+from inference.leases import queue_positions
 from inference.models import GenerationJob
-from inference.relay import get_relay
+from inference.outages import outage_message, outage_seen
+from inference.relay import RelayUnavailable, get_relay, relay_unavailable_event
 from inference.selectors import model_by_name
 from inference.services import generation_cancel, generation_start
 from webui.models import Conversation, Message
@@ -58,6 +66,43 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         for task in getattr(self, "streams", {}).values():
             task.cancel()
 
+    # Message decoding: strict JSON with storable text (config.text). A message that is not one gets an error
+    # message back and the socket stays open, as it does when handling a message fails unexpectedly.
+    @classmethod
+    async def decode_json(cls, text_data):
+        return request_text.loads(text_data)
+
+    async def receive(self, text_data=None, bytes_data=None, **kwargs) -> None:
+        if text_data is None:
+            await self.send_json({"type": "error", "code": "bad_message",
+                                  "message": "Send messages as JSON text frames, not binary ones."})
+            return
+        try:
+            content = await self.decode_json(text_data)
+        except request_text.InvalidText as error:
+            await self.send_json({"type": "error", "code": "invalid_text", "message": error.message,
+                                  "param": error.param})
+            return
+        except request_text.InvalidJson as error:
+            await self.send_json({"type": "error", "code": "bad_message",
+                                  "message": f"That message is not valid JSON: {error.message}."})
+            return
+        try:
+            await self.receive_json(content, **kwargs)
+        except Exception:
+            log.exception("the chat socket could not handle a %r message", _kind(content))
+            await self.send_json({"type": "error", "code": "internal_error",
+                                  "message": "Hearth could not handle that message; the server log has the details."})
+
+    async def encode_json(self, content) -> str:
+        """Outgoing error texts show server file paths to admins only (config.paths)."""
+        if content.get("type") == "error" and isinstance(content.get("message"), str):
+            content = {**content, "message": paths_for(content["message"], self.user)}
+        elif content.get("type") == "event" and content["event"].get("kind") == "error":
+            event = content["event"]
+            content = {**content, "event": {**event, "message": paths_for(str(event.get("message", "")), self.user)}}
+        return await super().encode_json(content)
+
     async def receive_json(self, content, **kwargs) -> None:
         handlers = {"send": self.on_send, "stop": self.on_stop, "resume": self.on_resume,
                     "regenerate": self.on_regenerate, "edit": self.on_edit, "complete": self.on_complete}
@@ -69,6 +114,15 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await handler(content)
         except EngineError as error:
             await self.send_json({"type": "error", "code": error.code, "message": error.message})
+        except Exception as error:  # the socket stays open whatever happened
+            service = outage_seen(error)
+            if service is None:
+                log.exception("chat socket message %r failed", content.get("type"))
+                await self.send_json({"type": "error", "code": "internal_error",
+                                      "message": "Something went wrong on the server; try again."})
+            else:
+                await self.send_json({"type": "error", "code": "service_unavailable",
+                                      "message": outage_message(service)})
 
     async def _model(self, content: dict):
         model = await sync_to_async(model_by_name)(str(content.get("model", "")))
@@ -168,14 +222,28 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.streams[job_id] = asyncio.create_task(self._forward(job_id, after))
 
     async def _forward(self, job_id: str, after: int) -> None:
+        """Send the job's events from after `after` to the page (following the job keeps it alive), then settle
+        its reply. The relay unreachable for too long ends the reply with an error event."""
         try:
             interval = settings.HEARTH_STREAM_INTERVAL_MS / 1000
-            async for batch in get_relay().subscribe_batches(job_id, after, interval=interval):
-                for index, event in batch:
-                    await self.send_json({"type": "event", "job": job_id, "index": index, "event": event})
-                    if event.get("kind") == "started" and event.get("dropped_messages"):
-                        await Message.objects.filter(job_id=job_id).aupdate(
-                            dropped_messages=int(event["dropped_messages"]))
+            try:
+                started = after > 0
+                if not started:
+                    await self._send_queue_position(job_id)
+                async for batch in get_relay().subscribe_batches(job_id, after, interval=interval):
+                    if not batch and not started:
+                        await self._send_queue_position(job_id)
+                    for index, event in batch:
+                        started = True
+                        after = index
+                        await self.send_json({"type": "event", "job": job_id, "index": index, "event": event})
+                        if event.get("kind") == "started" and event.get("dropped_messages"):
+                            await Message.objects.filter(job_id=job_id).aupdate(
+                                dropped_messages=int(event["dropped_messages"]))
+            except RelayUnavailable as error:
+                await self.send_json({"type": "event", "job": job_id, "index": after + 1,
+                                      "event": relay_unavailable_event(error)})
+                return
             await self._settle(job_id)
         except asyncio.CancelledError:
             raise
@@ -184,10 +252,20 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         finally:
             self.streams.pop(job_id, None)
 
+    async def _send_queue_position(self, job_id: str) -> None:
+        """Until its first event, where the job stands in line (users are served in turn)."""
+        position = (await database_sync_to_async(queue_positions)()).get(job_id)
+        if position is not None:
+            await self.send_json({"type": "queue", "job": job_id, "position": position})
+
     @sync_to_async
     def _settle(self, job_id: str) -> None:
         for message in Message.objects.select_related("job").filter(job_id=job_id):
             reply_settle(message)
+
+
+def _kind(content) -> str:
+    return str(content.get("type"))[:40] if isinstance(content, dict) else type(content).__name__
 
 
 def _int(value) -> int:

@@ -181,8 +181,10 @@ def conversation_messages(conversation: Conversation) -> list[dict[str, str]]:
 
 def _reply(owner, conversation: Conversation, user_message: Message, model: LocalModel) -> tuple[Message, GenerationJob]:
     sampling, max_tokens = request_options(conversation.sampling or {})
+    # A reply is always bounded: the conversation's own length, else the model's default (an admin sets it);
+    # the worker keeps it within what the context leaves.
     request = GenerationRequest(messages=history_until(conversation, user_message.pk), sampling=sampling,
-                                max_tokens=max_tokens, fit_history=True)
+                                max_tokens=max_tokens or model.default_max_tokens, fit_history=True)
     job = generation_start(owner=owner, model=model, request=request)
     reply = Message.objects.create(conversation=conversation, parent=user_message, role=Message.Role.ASSISTANT,
                                    job=job)

@@ -19,12 +19,15 @@ from django.urls import reverse
 from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.http import require_POST
 
+from config import text as request_text
+from config.paths import paths_for
 from inference import selectors as inference_selectors
 from inference.conversions import GGUF_TYPES, conversion_start
 from inference.engine.base import EngineError
 from inference.engine.chat_template import conventional_template
 from inference.engine.registry import choose_backend
-from inference.models import FINISHED_STATUSES, GenerationJob, JobStatus
+from inference.leases import queue_positions
+from inference.models import FINISHED_STATUSES, JobStatus
 from inference.presence import loaded_backends_by_path
 from inference.selection import backend_rows, converted_path, model_chain
 from inference.services import generation_cancel
@@ -66,6 +69,9 @@ def conversation_older(request, conversation_id: int):
     if not before.isdigit():
         return JsonResponse({"error": {"message": "Pass before=<message id>."}}, status=400)
     messages, has_more = services.thread_page(conversation, before=int(before), limit=RECENT_MESSAGES)
+    for message in messages:
+        if message["stats"].get("error"):
+            message["stats"]["error"] = paths_for(message["stats"]["error"], request.user)
     return JsonResponse({"messages": messages, "has_more": has_more})
 
 
@@ -197,7 +203,7 @@ def admin_required(view):
     @wraps(view)
     def wrapped(request, *args, **kwargs):
         if not request.user.is_staff:
-            raise PermissionDenied("Only admins can change the model library.")
+            raise PermissionDenied("Only admins may do this; an admin can give you the role on the users page.")
         return view(request, *args, **kwargs)
 
     return wrapped
@@ -226,8 +232,11 @@ def upload_create(request):
     """JSON {filename, size, name} for one file (.gguf or .zip), or {files: [{name, size}, ...], name, folder}
     for a Hugging Face folder sent as separate files."""
     try:
-        data = json.loads(request.body or b"{}")
+        data = request_text.loads(request.body or b"{}")
         size = int(data.get("size", 0))
+    except request_text.InvalidText as error:
+        return JsonResponse({"error": {"message": error.message, "param": error.param, "code": "invalid_text"}},
+                            status=400)
     except (ValueError, TypeError, AttributeError):
         return JsonResponse({"error": {"message": "Send JSON: {filename, size, name} or {files, name}.",
                                        "code": "bad_request"}}, status=400)
@@ -306,11 +315,10 @@ def model_delete(request, name: str):
 @login_required
 def jobs(request):
     mine = inference_selectors.jobs_for(request.user).defer("request", "output_text")
-    line = GenerationJob.objects.filter(status=JobStatus.QUEUED).order_by("created_at").values_list("id", flat=True)
-    position = {job_id: at for at, job_id in enumerate(line, start=1)}
+    position = queue_positions()  # the order workers take them in: users in turn, then the oldest
     queued = list(mine.filter(status=JobStatus.QUEUED).order_by("created_at")[:200])
     for job in queued:
-        job.position = position.get(job.id)
+        job.position = position.get(str(job.id))
     context = {
         "queued": queued,
         "running": list(mine.filter(status=JobStatus.RUNNING).order_by("started_at")),

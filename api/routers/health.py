@@ -38,6 +38,7 @@ def _broker_state() -> str:
 def health(request: HttpRequest):
     database, broker = _database_state(), _broker_state()
     workers = get_presence().live_workers() if broker.startswith("ok") else []
+    engine = get_presence().engine_stats() if workers else {}
     healthy = database == "ok" and broker.startswith("ok") and bool(workers)
     body = {
         "status": "ok" if healthy else "degraded",
@@ -45,6 +46,30 @@ def health(request: HttpRequest):
         "database": database,
         "broker": broker,
         "workers": {"alive": len(workers), "names": workers},
+        # Per worker, per loaded model: slots (sequences decoded together), running, waiting, cached.
+        "engine": [{"worker": name, **model} for name, models in sorted(engine.items()) for model in models],
         "queued_jobs": queued_count() if database == "ok" else None,
     }
     return JsonResponse(body, status=200 if healthy else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+def metrics(request: HttpRequest):
+    """Prometheus' text format. With HEARTH_METRICS_TOKEN set, send it as `Authorization: Bearer <token>`;
+    otherwise an administrator's session reads it."""
+    import secrets
+
+    from django.http import HttpResponse
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    from api.errors import error_response
+    from inference.metrics import exposition
+
+    token = settings.HEARTH_METRICS_TOKEN
+    sent = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    allowed = (secrets.compare_digest(sent, token) if token and sent
+               else bool(getattr(request, "user", None) and request.user.is_active and request.user.is_staff))
+    if not allowed:
+        return error_response("Metrics need HEARTH_METRICS_TOKEN as a bearer token, or an administrator's login.",
+                              status=401, code="invalid_api_key")
+    return HttpResponse(exposition(), content_type=CONTENT_TYPE_LATEST)

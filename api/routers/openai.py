@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import uuid
 from dataclasses import replace
 from typing import Any
 
@@ -20,6 +23,7 @@ from api.streaming import (
     collect,
     error_event_response,
     now,
+    parse_event_id,
     sse_response,
 )
 from api.tools import parse_tool_calls
@@ -64,14 +68,16 @@ def _choice_requests(body) -> list:
     return requests
 
 
-async def _start(request: HttpRequest, body, kind: str):
-    """Queue the job(s) and wait for each one's first event: (jobs, [JobEvents], first event), or (None, error)."""
+async def _start(request: HttpRequest, body, kind: str, response: dict[str, Any]):
+    """Queue the job(s) and wait for each one's first event: (jobs, [JobEvents], first event), or (None, error).
+
+    `response` is what shapes the answer (kept on the job, so that a resumed stream renders the same)."""
     model, missing = await sync_to_async(_model_or_404)(body.model)
     if missing:
         return None, missing
     try:
         requests = _choice_requests(body)
-    except EngineError as error:  # a schema or tool list that cannot become a grammar
+    except EngineError as error:  # a schema or tool list that is refused
         return None, error_response(error.message, status=error.status, code=error.code or "invalid_value",
                                     param="tools" if getattr(body, "tools", None) else "response_format")
     refused = _backend_cannot_honour(model, body, requests[0])
@@ -85,17 +91,19 @@ async def _start(request: HttpRequest, body, kind: str):
         for engine_request in requests:
             jobs.append(await sync_to_async(generation_start)(
                 owner=request.auth.owner, model=model, request=engine_request, kind=kind,
-                backend=getattr(body, "backend", None), api_key=request.auth,
+                backend=getattr(body, "backend", None), api_key=request.auth, response=response,
             ))
     except EngineError as error:
         for job in jobs:
             await JobEvents(str(job.id)).cancel()
         return None, _engine_error_response(error)
-    firsts = []
-    for job in jobs:
-        events = JobEvents(str(job.id))
-        streams.append(events)
-        firsts.append(await events.wait_first())
+    streams = [JobEvents(str(job.id)) for job in jobs]
+    try:
+        firsts = [await events.wait_first() for events in streams]
+    except BaseException:  # the client hung up (or the wait ran out): no job runs for nobody
+        for events in streams:
+            await asyncio.shield(events.cancel())
+        raise
     failed = next((first for first in firsts if first["kind"] == "error"), None)
     if failed is not None:
         for events in streams:
@@ -161,130 +169,168 @@ async def _collect_all(streams) -> tuple[list[JobOutcome], Any]:
     return outcomes, (error_event_response(failed) if failed else None)
 
 
-@router.post("/chat/completions", summary="Create a chat completion")
-async def chat_completions(request: HttpRequest, body: oa.ChatCompletionRequest):
-    started, failure = await _start(request, body, GenerationJob.Kind.CHAT)
-    if failure:
-        return failure
-    jobs, streams, first = started
-    completion_id, created = f"chatcmpl-{jobs[0].id.hex}", now()
-    include_usage = body.include_usage()
-    fingerprint = _fingerprint(first)
+# ---------------------------------------------------------------------------------------------------------
+# The shape of a response is data kept on its job ("response"), so that a stream resumed later (GET .../{id}
+# with Last-Event-ID) renders exactly the chunks the first connection would have had.
 
-    if not body.stream:
-        outcomes, failure = await _collect_all(streams)
-        if failure:
-            return failure
-        payload = oa.chat_completion(completion_id, created, body.model, system_fingerprint=fingerprint,
-                                     content=outcomes[0].text,
-                                     finish_reason=_finish(outcomes[0]),
-                                     prompt_tokens=sum(o.prompt_tokens for o in outcomes),
-                                     completion_tokens=sum(o.completion_tokens for o in outcomes))
-        payload["choices"] = [_chat_choice(body, i, o) for i, o in enumerate(outcomes)]
 
-        response = JsonResponse(payload)
-        for name, value in _hearth_headers(first).items():
-            response[name] = value
-        return response
+def _chat_response(body: oa.ChatCompletionRequest) -> dict[str, Any]:
+    return {"dialect": "chat", "model": body.model, "created": now(), "include_usage": body.include_usage(),
+            "logprobs": bool(body.logprobs), "tools": body.tools if body.uses_tools() else None}
 
+
+def _completion_response(body: oa.CompletionRequest) -> dict[str, Any]:
+    return {"dialect": "completion", "model": body.model, "created": now(), "include_usage": body.include_usage(),
+            "logprobs": body.logprobs is not None}
+
+
+def _response_id(response: dict[str, Any], job_id) -> str:
+    prefix = "chatcmpl" if response["dialect"] == "chat" else "cmpl"
+    return f"{prefix}-{uuid.UUID(str(job_id)).hex}"
+
+
+def _renderer(response: dict[str, Any], completion_id: str, fingerprint: str, n_choices: int):
+    """render(index, event, outcome) -> the SSE chunks of one relay event, for chat or text completions."""
+    chat = response["dialect"] == "chat"
+    model, created, include_usage = response["model"], response["created"], response["include_usage"]
+    tools = response.get("tools")
+    common = {"system_fingerprint": fingerprint, "include_usage": include_usage}
     done: dict[int, JobOutcome] = {}
-    tools = getattr(body, "uses_tools", lambda: False)()
+
+    def chunk(**fields):
+        return (oa.chat_chunk if chat else oa.completion_chunk)(completion_id, created, model, **common, **fields)
 
     def render(_index: int, event: dict[str, Any], outcome: JobOutcome) -> list[dict[str, Any]]:
         kind, choice = event["kind"], event.get("choice", 0)
         if kind == "started":
-            return [oa.chat_chunk(completion_id, created, body.model, system_fingerprint=fingerprint,
-                                  role="assistant", index=choice,
-                                  include_usage=include_usage)]
+            return [chunk(role="assistant", index=choice)] if chat else []
         if kind == "token":
             if tools:  # a tool call is only known whole: the text comes with the last chunk
                 return []
-            chunk = oa.chat_chunk(completion_id, created, body.model, system_fingerprint=fingerprint,
-                                  content=event.get("text", ""), index=choice, include_usage=include_usage)
-            if body.logprobs:
-                chunk["choices"][0]["logprobs"] = oa.chat_logprobs(event.get("logprobs") or [])
-            return [chunk]
-        if kind == "done":
-            done[choice] = outcome
-            chunks = []
-            finish = _finish(outcome)
-            if tools:
-                content, calls = parse_tool_calls(outcome.text, body.tools)
-                delta_chunk = oa.chat_chunk(completion_id, created, body.model, system_fingerprint=fingerprint,
-                                            content=content, index=choice, include_usage=include_usage)
-                if calls:
-                    delta_chunk["choices"][0]["delta"]["tool_calls"] = [
-                        {**call, "index": position} for position, call in enumerate(calls)]
-                    finish = "tool_calls"
-                if content is not None or calls:
-                    chunks.append(delta_chunk)
-            chunks.append(oa.chat_chunk(completion_id, created, body.model, system_fingerprint=fingerprint,
-                                        finish_reason=finish, index=choice, include_usage=include_usage))
-            if include_usage and len(done) == len(streams):
-                chunks.append(oa.usage_chunk(completion_id, created, body.model, system_fingerprint=fingerprint,
-                                             prompt_tokens=sum(o.prompt_tokens for o in done.values()),
-                                             completion_tokens=sum(o.completion_tokens for o in done.values())))
-            return chunks
-        return []
+            piece = chunk(index=choice, **({"content": event.get("text", "")} if chat else
+                                           {"text": event.get("text", "")}))
+            if response["logprobs"]:
+                entries = event.get("logprobs") or []
+                piece["choices"][0]["logprobs"] = (oa.chat_logprobs(entries) if chat
+                                                   else oa.completion_logprobs(entries))
+            return [piece]
+        if kind != "done":
+            return []
+        done[choice] = outcome
+        chunks, finish = [], _finish(outcome)
+        if tools:
+            content, calls = parse_tool_calls(outcome.text, tools, id_seed=f"{completion_id}:{choice}")
+            delta_chunk = chunk(content=content, index=choice)
+            if calls:
+                delta_chunk["choices"][0]["delta"]["tool_calls"] = [
+                    {**call, "index": position} for position, call in enumerate(calls)]
+                finish = "tool_calls"
+            if content is not None or calls:
+                chunks.append(delta_chunk)
+        chunks.append(chunk(finish_reason=finish, index=choice))
+        if include_usage and len(done) == n_choices:
+            totals = {"prompt_tokens": sum(o.prompt_tokens for o in done.values()),
+                      "completion_tokens": sum(o.completion_tokens for o in done.values()),
+                      "cached_tokens": sum(o.cached_tokens for o in done.values())}
+            usage_chunk = oa.usage_chunk if chat else oa.completion_usage_chunk
+            chunks.append(usage_chunk(completion_id, created, model, system_fingerprint=fingerprint, **totals))
+        return chunks
 
-    events = streams[0] if len(streams) == 1 else ChoiceEvents(streams)
-    return sse_response(events, render, headers=_hearth_headers(first))
+    return render
 
 
-@router.post("/completions", summary="Create a completion")
-async def completions(request: HttpRequest, body: oa.CompletionRequest):
-    started, failure = await _start(request, body, GenerationJob.Kind.COMPLETION)
+def _whole_response(response: dict[str, Any], completion_id: str, fingerprint: str, outcomes: list[JobOutcome]
+                    ) -> dict[str, Any]:
+    """The non-streamed answer of all choices."""
+    model, created = response["model"], response["created"]
+    totals = {"prompt_tokens": sum(o.prompt_tokens for o in outcomes),
+              "completion_tokens": sum(o.completion_tokens for o in outcomes),
+              "cached_tokens": sum(o.cached_tokens for o in outcomes)}
+    if response["dialect"] == "chat":
+        payload = oa.chat_completion(completion_id, created, model, system_fingerprint=fingerprint,
+                                     content=outcomes[0].text, finish_reason=_finish(outcomes[0]), **totals)
+        payload["choices"] = [_chat_choice(response, completion_id, i, o) for i, o in enumerate(outcomes)]
+        return payload
+    payload = oa.completion(completion_id, created, model, system_fingerprint=fingerprint, text=outcomes[0].text,
+                            finish_reason=_finish(outcomes[0]), **totals)
+    payload["choices"] = [
+        {"text": o.text, "index": i, "finish_reason": _finish(o),
+         "logprobs": oa.completion_logprobs(o.logprobs) if response["logprobs"] else None}
+        for i, o in enumerate(outcomes)
+    ]
+    return payload
+
+
+async def _answer(request: HttpRequest, body, kind: str, response: dict[str, Any]):
+    started, failure = await _start(request, body, kind, response)
     if failure:
         return failure
     jobs, streams, first = started
-    completion_id, created = f"cmpl-{jobs[0].id.hex}", now()
-    include_usage = body.include_usage()
-    fingerprint = _fingerprint(first)
-
+    completion_id, fingerprint = _response_id(response, jobs[0].id), _fingerprint(first)
+    headers = {**_hearth_headers(first), "x-hearth-job": str(jobs[0].id)}
     if not body.stream:
         outcomes, failure = await _collect_all(streams)
         if failure:
             return failure
-        payload = oa.completion(completion_id, created, body.model, system_fingerprint=fingerprint,
-                                text=outcomes[0].text,
-                                finish_reason=_finish(outcomes[0]),
-                                prompt_tokens=sum(o.prompt_tokens for o in outcomes),
-                                completion_tokens=sum(o.completion_tokens for o in outcomes))
-        payload["choices"] = [
-            {"text": o.text, "index": i, "finish_reason": _finish(o),
-             "logprobs": oa.completion_logprobs(o.logprobs) if body.logprobs is not None else None}
-            for i, o in enumerate(outcomes)
-        ]
-        response = JsonResponse(payload)
-        for name, value in _hearth_headers(first).items():
-            response[name] = value
-        return response
-
-    done: dict[int, JobOutcome] = {}
-
-    def render(_index: int, event: dict[str, Any], outcome: JobOutcome) -> list[dict[str, Any]]:
-        kind, choice = event["kind"], event.get("choice", 0)
-        if kind == "token":
-            chunk = oa.completion_chunk(completion_id, created, body.model, system_fingerprint=fingerprint,
-                                        text=event.get("text", ""), index=choice, include_usage=include_usage)
-            if body.logprobs is not None:
-                chunk["choices"][0]["logprobs"] = oa.completion_logprobs(event.get("logprobs") or [])
-            return [chunk]
-        if kind == "done":
-            done[choice] = outcome
-            chunks = [oa.completion_chunk(completion_id, created, body.model, system_fingerprint=fingerprint,
-                                          finish_reason=_finish(outcome),
-                                          index=choice, include_usage=include_usage)]
-            if include_usage and len(done) == len(streams):
-                chunks.append(oa.completion_usage_chunk(
-                    completion_id, created, body.model, system_fingerprint=fingerprint,
-                    prompt_tokens=sum(o.prompt_tokens for o in done.values()),
-                    completion_tokens=sum(o.completion_tokens for o in done.values())))
-            return chunks
-        return []
-
+        answer = JsonResponse(_whole_response(response, completion_id, fingerprint, outcomes))
+        for name, value in headers.items():
+            answer[name] = value
+        return answer
     events = streams[0] if len(streams) == 1 else ChoiceEvents(streams)
-    return sse_response(events, render, headers=_hearth_headers(first))
+    return sse_response(events, _renderer(response, completion_id, fingerprint, len(streams)), headers=headers)
+
+
+@router.post("/chat/completions", summary="Create a chat completion")
+async def chat_completions(request: HttpRequest, body: oa.ChatCompletionRequest):
+    return await _answer(request, body, GenerationJob.Kind.CHAT, _chat_response(body))
+
+
+@router.post("/completions", summary="Create a completion")
+async def completions(request: HttpRequest, body: oa.CompletionRequest):
+    return await _answer(request, body, GenerationJob.Kind.COMPLETION, _completion_response(body))
+
+
+async def _resume(request: HttpRequest, completion_id: str, dialect: str, stream: bool, starting_after: str | None):
+    """A completion by its id: streamed again from after `Last-Event-ID` (or `starting_after`), or whole."""
+    prefix = "chatcmpl-" if dialect == "chat" else "cmpl-"
+    job = None
+    if completion_id.startswith(prefix):
+        with contextlib.suppress(ValueError):
+            job = await GenerationJob.objects.filter(
+                id=uuid.UUID(completion_id.removeprefix(prefix)), owner=request.auth.owner).afirst()
+    response = (job.request.get("response") or {}) if job else {}
+    if job is None or response.get("dialect") != dialect:
+        return error_response(f"No {'chat ' if dialect == 'chat' else ''}completion {completion_id!r} of yours is "
+                              "known here (completions are kept while their stream is, about ten minutes after "
+                              "they end).", status=404, param="completion_id", code="not_found")
+    events = JobEvents(str(job.id))
+    first = await events.wait_first()
+    if first["kind"] == "error" and not stream:
+        return error_event_response(first)
+    fingerprint = _fingerprint(first)
+    if not stream:
+        outcome = await collect(events)
+        if outcome.error:
+            return error_event_response(outcome.error)
+        return JsonResponse(_whole_response(response, completion_id, fingerprint, [outcome]))
+    resume_after = parse_event_id(starting_after or request.headers.get("Last-Event-ID"))
+    return sse_response(events, _renderer(response, completion_id, fingerprint, 1), resume_after=resume_after,
+                        headers={"x-hearth-job": str(job.id)})
+
+
+@router.get("/chat/completions/{completion_id}", summary="Retrieve or resume a chat completion")
+async def chat_completion_resume(request: HttpRequest, completion_id: str, stream: bool = False,
+                                 starting_after: str | None = None):
+    """The completion whole, or (`stream=true`) its SSE stream again from after the `Last-Event-ID` header (or
+    `starting_after`): every later chunk of the same job, no gap, no duplicate."""
+    return await _resume(request, completion_id, "chat", stream, starting_after)
+
+
+@router.get("/completions/{completion_id}", summary="Retrieve or resume a completion")
+async def completion_resume(request: HttpRequest, completion_id: str, stream: bool = False,
+                            starting_after: str | None = None):
+    """As for chat completions."""
+    return await _resume(request, completion_id, "completion", stream, starting_after)
 
 
 @router.post("/embeddings", response=oa.EmbeddingList, summary="Create embeddings")
@@ -323,14 +369,16 @@ async def embeddings(request: HttpRequest, body: oa.EmbeddingRequest):
                                           encoding_format=body.encoding_format))
 
 
-def _chat_choice(body, index: int, outcome: JobOutcome) -> dict[str, Any]:
+def _chat_choice(response: dict[str, Any], completion_id: str, index: int, outcome: JobOutcome) -> dict[str, Any]:
     """One whole chat choice: tool calls parsed out of the text when the request has tools, logprobs if asked."""
-    content, calls = (parse_tool_calls(outcome.text, body.tools) if body.uses_tools() else (outcome.text, []))
+    tools = response.get("tools")
+    content, calls = (parse_tool_calls(outcome.text, tools, id_seed=f"{completion_id}:{index}") if tools
+                      else (outcome.text, []))
     message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
     if calls:
         message["tool_calls"] = calls
     return {"index": index, "message": message, "finish_reason": "tool_calls" if calls else _finish(outcome),
-            "logprobs": oa.chat_logprobs(outcome.logprobs) if body.logprobs else None}
+            "logprobs": oa.chat_logprobs(outcome.logprobs) if response["logprobs"] else None}
 
 
 def _finish(outcome: JobOutcome) -> str:

@@ -18,7 +18,6 @@ shapes for the OpenAPI docs and for validating the builders in the tests.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, Literal
 
@@ -480,10 +479,15 @@ class EmbeddingRequest(OpenAIModel):
 # ---------------------------------------------------------------------------------------------
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = Field(0, description="Prompt tokens the worker's prefix cache held (not computed again).")
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
 
 
 class ChatCompletionMessage(BaseModel):
@@ -604,20 +608,18 @@ class EmbeddingList(BaseModel):
 # ---------------------------------------------------------------------------------------------
 
 
-def new_response_id(prefix: Literal["chatcmpl", "cmpl"] = "chatcmpl") -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
-
-
 def openai_finish_reason(engine_reason: str | None) -> str | None:
     """The engine's "cancelled" has no OpenAI equivalent; a client that still listens sees "stop"."""
     return "stop" if engine_reason == "cancelled" else engine_reason
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
+    """OpenAI's usage; `prompt_tokens_details.cached_tokens` counts the prompt tokens a worker's prefix cache held."""
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }
 
 
@@ -631,6 +633,7 @@ def chat_completion(
     prompt_tokens: int,
     completion_tokens: int,
     system_fingerprint: str | None = None,
+    cached_tokens: int = 0,
 ) -> dict[str, Any]:
     return {
         "id": id,
@@ -645,7 +648,7 @@ def chat_completion(
                 "finish_reason": finish_reason,
             }
         ],
-        "usage": usage(prompt_tokens, completion_tokens),
+        "usage": usage(prompt_tokens, completion_tokens, cached_tokens),
         "system_fingerprint": system_fingerprint,
     }
 
@@ -691,6 +694,7 @@ def usage_chunk(
     prompt_tokens: int,
     completion_tokens: int,
     system_fingerprint: str | None = None,
+    cached_tokens: int = 0,
 ) -> dict[str, Any]:
     """The last chat chunk when the client asked for usage: no choices, the totals."""
     return {
@@ -700,7 +704,7 @@ def usage_chunk(
         "model": model,
         "system_fingerprint": system_fingerprint,
         "choices": [],
-        "usage": usage(prompt_tokens, completion_tokens),
+        "usage": usage(prompt_tokens, completion_tokens, cached_tokens),
     }
 
 
@@ -714,6 +718,7 @@ def completion(
     prompt_tokens: int,
     completion_tokens: int,
     system_fingerprint: str | None = None,
+    cached_tokens: int = 0,
 ) -> dict[str, Any]:
     return {
         "id": id,
@@ -722,7 +727,7 @@ def completion(
         "model": model,
         "system_fingerprint": system_fingerprint,
         "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}],
-        "usage": usage(prompt_tokens, completion_tokens),
+        "usage": usage(prompt_tokens, completion_tokens, cached_tokens),
     }
 
 
@@ -758,6 +763,7 @@ def completion_usage_chunk(
     prompt_tokens: int,
     completion_tokens: int,
     system_fingerprint: str | None = None,
+    cached_tokens: int = 0,
 ) -> dict[str, Any]:
     """The last text completion chunk when the client asked for usage: no choices, the totals."""
     return {
@@ -767,7 +773,7 @@ def completion_usage_chunk(
         "model": model,
         "system_fingerprint": system_fingerprint,
         "choices": [],
-        "usage": usage(prompt_tokens, completion_tokens),
+        "usage": usage(prompt_tokens, completion_tokens, cached_tokens),
     }
 
 

@@ -146,17 +146,17 @@ class Capabilities:
     """What a backend can honour; selection skips a backend that lacks what a request needs.
 
     `formats` are the files it loads itself; `structured_output` is constrained decoding (GBNF grammars, so
-    JSON schemas and forced tool calls); `tools` is tool calling through the chat template (the server parses
-    the calls); `devices` are those the backend can drive where its build supports them.
+    JSON schemas and forced tool calls); tool calling needs nothing of a backend (the chat template renders the
+    tools and the server parses the calls); `devices` are those the backend can drive where its build supports them.
     """
 
     formats: tuple[str, ...]
     sampling: tuple[str, ...] = SAMPLING_PARAMETERS
     structured_output: bool = False
-    tools: bool = True
     embeddings: bool = False
     logprobs: bool = False
     devices: tuple[str, ...] = ("cpu",)
+    batching: bool = False  # decodes its slots in one forward pass (else one slot after another)
 
     def lacks(self, needs: frozenset[str]) -> list[str]:
         """The needs this backend cannot honour, in a stable order ("logprobs", "sampling:top_k", ...)."""
@@ -174,13 +174,14 @@ class Capabilities:
 # Each backend class declares its own (`capabilities = BACKEND_CAPABILITIES[name]`); they live here so that the
 # web process can show and check them without importing torch, llama.cpp or mlx.
 BACKEND_CAPABILITIES = {
-    # llama-cpp-python fixes the penalty window at 64 tokens; grammars, logprobs and embeddings are its own.
+    # llama.cpp's own sampler chain per sequence (every parameter, the penalty window too); grammars, logprobs
+    # and embeddings are its own.
     "llamacpp": Capabilities(
-        formats=("gguf",), sampling=tuple(p for p in SAMPLING_PARAMETERS if p != "repeat_last_n"),
-        structured_output=True, embeddings=True, logprobs=True, devices=("cpu", "cuda", "metal", "vulkan"),
+        formats=("gguf",), structured_output=True, embeddings=True, logprobs=True,
+        devices=("cpu", "cuda", "metal", "vulkan"), batching=True,
     ),
-    "torch": Capabilities(formats=("hf-safetensors", "gguf"), devices=("cpu", "cuda")),
-    "mlx": Capabilities(formats=("mlx", "hf-safetensors"), devices=("cpu", "metal")),
+    "torch": Capabilities(formats=("hf-safetensors", "gguf"), devices=("cpu", "cuda"), batching=True),
+    "mlx": Capabilities(formats=("mlx", "hf-safetensors"), devices=("cpu", "metal"), batching=True),
 }
 
 

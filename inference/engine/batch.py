@@ -88,16 +88,21 @@ class BatchModel(Protocol):
         """Run every item's tokens into its slot in one forward pass where the backend can; return the tokens
         sampled for the items with `sample`, in the order of `work`. Raises KVCacheFull (changing nothing)."""
 
-    def kv_trim(self, slot: int, keep: int) -> None:
+    # The slot operations return how many positions the slot holds afterwards: what was asked, or fewer (0, the
+    # slot emptied) where the backend cannot cut there, e.g. a sliding-window cache that has already dropped the
+    # positions the next one attends to; the scheduler recomputes the rest. (None counts as what was asked.)
+
+    def kv_trim(self, slot: int, keep: int) -> int | None:
         """Forget the slot's positions from `keep` on (keep 0 empties it)."""
 
-    def kv_copy(self, source: int, target: int, n_tokens: int) -> None:
+    def kv_copy(self, source: int, target: int, n_tokens: int) -> int | None:
         """Make `target` hold the first `n_tokens` positions of `source` (target is emptied first)."""
 
     def kv_save(self, slot: int, n_tokens: int) -> SavedKV:
-        """Copy the slot's first `n_tokens` positions to host memory."""
+        """Copy the slot's first `n_tokens` positions to host memory (`n_tokens` 0 in the result: nothing usable
+        could be saved)."""
 
-    def kv_restore(self, slot: int, saved: SavedKV) -> None:
+    def kv_restore(self, slot: int, saved: SavedKV) -> int | None:
         """Put a saved copy into `slot` (emptied first); it then holds `saved.n_tokens` positions."""
 
     def close(self) -> None: ...

@@ -527,11 +527,6 @@ def _collect_output(chunks: Iterator[str], budget: _RenderBudget) -> str:
     return "".join(parts)
 
 
-def bos_handled(rendered: str, bos_token: str) -> bool:
-    """Whether the rendered prompt already starts with BOS, so the backend must not add another."""
-    return bool(bos_token) and rendered.startswith(bos_token)
-
-
 # --- where a model keeps its template -------------------------------------------------------------
 
 
@@ -811,16 +806,13 @@ class ChatTemplate:
     ) -> str:
         return render_chat(
             self.template,
-            messages,
+            tool_call_arguments_as_objects(messages),
             bos_token=self.bos_token,
             eos_token=self.eos_token,
             add_generation_prompt=add_generation_prompt,
             tools=tools,
             **extra,
         )
-
-    def bos_handled(self, rendered: str) -> bool:
-        return bos_handled(rendered, self.bos_token)
 
 
 def tool_call_arguments_as_objects(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -9,12 +9,19 @@ and its ubatch holds a whole input: pooling sees every token of it at once.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from inference.engine.base import BackendUnavailable, ContextLengthExceeded, EngineError, ModelSpec
-from inference.engine.llamacpp import INSTALL_HINT, default_threads
+from inference.engine.batch import SlotWork
+from inference.engine.llamacpp import (
+    INSTALL_HINT,
+    TokenBatch,
+    default_threads,
+    load_failure,
+    load_weights,
+    model_metadata,
+)
 
 CACHE_NAME = "llamacpp-embedding"  # its key in the model cache, apart from the generation context
 MAX_EMBEDDING_CTX = 2048  # longest input; the ubatch (and its compute buffers) is this big
@@ -65,31 +72,48 @@ class LlamaCppEmbeddingModel:
                 f"Embeddings are served by llama.cpp from GGUF models; this model is {spec.format}. Convert it to "
                 "GGUF (python manage.py convert_model ID --to gguf) or choose a GGUF model.", status=400)
         self.spec = spec
-        self.n_ctx = min(spec.n_ctx, MAX_EMBEDDING_CTX)
-        common = {"model_path": str(spec.path), "n_gpu_layers": spec.n_gpu_layers,
-                  "n_threads": spec.n_threads or default_threads(), "verbose": False}
+        self._model, _params = load_weights(spec)
+        self._context = None
         try:
-            probe = llama_cpp.Llama(vocab_only=True, **common)
-            metadata = dict(probe.metadata)
-            probe.close()
-            architecture = metadata.get("general.architecture", spec.architecture or "")
-            self.pooling = pooling_for(metadata, architecture)
-            self.llm = llama_cpp.Llama(embedding=True, n_ctx=self.n_ctx, n_batch=self.n_ctx, n_ubatch=self.n_ctx,
-                                       pooling_type=self.pooling, **common)
-        except (ValueError, RuntimeError) as error:
-            raise BackendUnavailable(
-                f"llama.cpp could not load {os.path.basename(spec.path)} for embeddings ({error})."
-            ) from error
-        self.dimensions = self.llm.n_embd()
-        model = self.llm._model.model
-        self.memory_bytes = int(llama_cpp.llama_model_size(model)) + 4 * self.n_ctx * self.dimensions * 4
+            architecture = model_metadata(self._model, "general.architecture") or spec.architecture or ""
+            pooling_key = f"{architecture}.pooling_type"
+            self.pooling = pooling_for({pooling_key: model_metadata(self._model, pooling_key) or ""}, architecture)
+            trained = llama_cpp.llama_model_n_ctx_train(self._model)
+            self.n_ctx = min(spec.n_ctx, MAX_EMBEDDING_CTX, trained if trained > 0 else MAX_EMBEDDING_CTX)
+            params = llama_cpp.llama_context_default_params()
+            params.embeddings = True
+            params.pooling_type = self.pooling
+            params.n_ctx = params.n_batch = params.n_ubatch = self.n_ctx  # pooling sees a whole input at once
+            params.n_threads = params.n_threads_batch = spec.n_threads or default_threads()
+            params.no_perf = True
+            self._context = llama_cpp.llama_init_from_model(self._model, params)
+            if not self._context:
+                raise load_failure(spec, " for embeddings")
+            self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+            self._memory = llama_cpp.llama_get_memory(self._context)
+            self._batch = TokenBatch(llama_cpp.llama_n_batch(self._context))
+            self.dimensions = llama_cpp.llama_model_n_embd(self._model)
+            self.memory_bytes = int(llama_cpp.llama_model_size(self._model)) + 4 * self.n_ctx * self.dimensions * 4
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def pooling_name(self) -> str:
         return POOLING_NAMES.get(self.pooling, str(self.pooling))
 
     def tokenize(self, text: str) -> list[int]:
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
+        """BOS added where the vocabulary wants one; special-token text stays plain text."""
+        import llama_cpp
+
+        data = text.encode("utf-8")
+        room = len(data) + 8
+        while True:
+            ids = (llama_cpp.llama_token * room)()
+            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), ids, room, True, False)
+            if n >= 0:
+                return ids[:n]
+            room = -n
 
     def embed(self, inputs: Sequence[str], should_stop: Callable[[], bool] = lambda: False) -> EmbeddingResult:
         """One normalised vector per input, in order. Every input is checked against the context first."""
@@ -110,17 +134,25 @@ class LlamaCppEmbeddingModel:
         return EmbeddingResult(vectors=vectors, prompt_tokens=sum(len(t) for t in tokenized))
 
     def _embed_tokens(self, tokens: list[int]) -> list[float]:
+        """The pooled embedding of one input: alone in the (emptied) cache, as sequence 0."""
         import llama_cpp
 
-        llm = self.llm
-        llm._batch.reset()
-        llm._ctx.kv_cache_clear()
-        llm._batch.add_sequence(tokens, 0, True)
-        llm._ctx.decode(llm._batch)
-        pointer = llama_cpp.llama_get_embeddings_seq(llm._ctx.ctx, 0)
-        vector = [float(x) for x in pointer[: self.dimensions]]
-        llm._batch.reset()
-        return vector
+        llama_cpp.llama_memory_clear(self._memory, True)
+        self._batch.fill([SlotWork(0, tokens, 0, True)])
+        self._batch.outputs[: len(tokens)] = 1  # pooling reads every position
+        status = llama_cpp.llama_decode(self._context, self._batch.struct)
+        if status != 0:
+            raise EngineError(f"llama.cpp could not embed the input (llama_decode status {status}).")
+        pointer = llama_cpp.llama_get_embeddings_seq(self._context, 0)
+        return [float(x) for x in pointer[: self.dimensions]]
 
     def close(self) -> None:
-        self.llm.close()
+        """Free the context and the weights; safe to call twice."""
+        import llama_cpp
+
+        context, self._context = getattr(self, "_context", None), None
+        if context:
+            llama_cpp.llama_free(context)
+        model, self._model = getattr(self, "_model", None), None
+        if model:
+            llama_cpp.llama_model_free(model)

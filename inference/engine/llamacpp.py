@@ -1,40 +1,50 @@
-"""The llama.cpp backend (llama-cpp-python). llama.cpp keeps its own sampler chain, set from SamplingParams."""
+"""The llama.cpp backend: a GGUF model as a `BatchModel` (inference/engine/batch.py), on llama-cpp-python's
+low-level API.
+
+One llama.cpp context holds every slot: `n_seq_max` sequences (one per slot, plus a scratch one for partial saves)
+in one unified KV cache of `kv_capacity` cells that all slots share. `decode` puts every slot's new tokens in one
+`llama_batch` (seq id = slot), runs one `llama_decode`, and samples each asking slot with its own llama_sampler
+chain (llamacpp_sampling.py). The token loop, detokenizing and stop strings live above, in output.py.
+
+Batch size: `n_batch` is the whole cache, so every batch the cache can take goes to llama.cpp in one `llama_decode`
+call, which finds room for all of it before computing anything: a batch that does not fit changes nothing. llama.cpp
+cuts it into physical batches of `n_ubatch` = one prompt chunk plus one token per slot (a scheduler step is one).
+Logits are kept only for the positions that sample (`n_outputs_max` = one per sequence).
+
+Sliding-window attention (Gemma 2/3 and others): the SWA layers keep only the last `n_swa` positions of a sequence
+(`swa_full` option: keep them all, at the memory cost of full-size caches), so a slot cannot always be cut back to an
+earlier position: the window before the cut may be gone. `kv_trim`, `kv_copy` and `kv_restore` check llama.cpp's
+`llama_memory_seq_pos_min` as llama-server does and, when the window is gone, empty the slot and say so (they return
+how many positions the slot holds), and the scheduler recomputes. Same output with or without the cache.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
-import random
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+import sys
+import weakref
+from collections import Counter, deque
+from collections.abc import Sequence
 from typing import Any
 
-from inference.engine.base import (
-    BACKEND_CAPABILITIES,
-    BackendUnavailable,
-    ContextLengthExceeded,
-    GenerationEvent,
-    GenerationRequest,
-    ModelSpec,
-    fit_history,
-    reply_reserve,
-)
+from inference.engine.base import BACKEND_CAPABILITIES, BackendUnavailable, GenerationRequest, ModelSpec
+from inference.engine.batch import KVCacheFull, Sampled, SavedKV, SlotWork
 from inference.engine.chat_template import conventional_template, render_chat
-from inference.engine.sampling import SamplingParams
-from inference.engine.text import StopStrings, Utf8Stream
-
-MAX_TOP_LOGPROBS = 20
-
-
-@dataclass(frozen=True)
-class TokenEvent(GenerationEvent):
-    """A "token" event with the log probabilities of the tokens that make up its text (when asked for)."""
-
-    logprobs: list[dict[str, Any]] | None = None
-
+from inference.engine.llamacpp_sampling import (
+    LlamaSampler,
+    build_sampler,
+    log_softmax,
+    logits_at,
+    logprob_entry,
+)
 
 INSTALL_HINT = "pip install llama-cpp-python (for NVIDIA GPUs: CMAKE_ARGS=-DGGML_CUDA=on pip install llama-cpp-python)"
-F32_KV_CACHE = 0  # GGML_TYPE_F32
+GGML_TYPE_F32 = 0
+ALL_LAYERS = 0x7FFFFFFF  # n_gpu_layers -1: llama.cpp offloads every layer the device can take
+PROMPT_CHUNK_TOKENS = 512  # the scheduler's default prompt chunk (scheduler.DEFAULT_CHUNK_TOKENS)
+GGML_LOG_LEVEL_ERROR = 4
 
 
 def default_threads() -> int:
@@ -43,7 +53,7 @@ def default_threads() -> int:
 
 class LlamaCppBackend:
     name = "llamacpp"
-    capabilities = BACKEND_CAPABILITIES["llamacpp"]  # grammars, logprobs and embeddings; penalty window fixed
+    capabilities = BACKEND_CAPABILITIES["llamacpp"]  # batching, grammars, logprobs and embeddings
 
     def unavailable_reason(self) -> str | None:
         try:
@@ -66,48 +76,256 @@ class LlamaCppBackend:
         return LlamaCppModel(spec)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Loading: shared with the embedding contexts (embeddings.py).
+
+_recent_errors: deque[str] = deque(maxlen=8)  # llama.cpp's last error lines, for load failures
+_log_callback = None  # kept referenced: llama.cpp calls it for as long as the process lives
+
+
+def quiet_llama_logs() -> None:
+    """llama.cpp logs every load and context step; keep only its errors (on stderr and for our messages)."""
+    global _log_callback
+    import llama_cpp
+
+    if _log_callback is not None:
+        return
+
+    @llama_cpp.llama_log_callback
+    def on_log(level: int, text: bytes, _user_data) -> None:
+        if level == GGML_LOG_LEVEL_ERROR:
+            line = text.decode("utf-8", errors="replace")
+            _recent_errors.append(line.strip())
+            sys.stderr.write(line)
+
+    _log_callback = on_log
+    llama_cpp.llama_log_set(on_log, ctypes.c_void_p(0))
+    llama_cpp.llama_backend_init()
+
+
+def load_failure(spec: ModelSpec, what: str = "") -> BackendUnavailable:
+    detail = "; ".join(line for line in _recent_errors if line) or "no reason given"
+    _recent_errors.clear()
+    return BackendUnavailable(
+        f"llama.cpp could not load {os.path.basename(spec.path)}{what} ({detail}). The architecture may be newer "
+        "than this llama.cpp build (upgrade llama-cpp-python), the file may be damaged, or it may not fit "
+        "in memory (try a smaller quantization)."
+    )
+
+
+def load_weights(spec: ModelSpec, *, vocab_only: bool = False) -> tuple[int, Any]:
+    """(llama_model pointer, the llama_model_params it was loaded with). Free with llama_model_free."""
+    import llama_cpp
+
+    quiet_llama_logs()
+    if not os.path.isfile(spec.path):
+        _recent_errors.append(f"no file at {spec.path}")
+        raise load_failure(spec)
+    params = llama_cpp.llama_model_default_params()
+    params.n_gpu_layers = ALL_LAYERS if spec.n_gpu_layers < 0 else spec.n_gpu_layers
+    params.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP  # weights mapped from the file, shared between processes
+    params.vocab_only = vocab_only
+    model = llama_cpp.llama_model_load_from_file(os.fsencode(spec.path), params)
+    if not model:
+        raise load_failure(spec)
+    return model, params
+
+
+def model_metadata(model: int, key: str) -> str | None:
+    import llama_cpp
+
+    buffer = ctypes.create_string_buffer(256)
+    size = llama_cpp.llama_model_meta_val_str(model, key.encode(), buffer, len(buffer))
+    if size < 0:
+        return None
+    if size >= len(buffer):
+        buffer = ctypes.create_string_buffer(size + 1)
+        llama_cpp.llama_model_meta_val_str(model, key.encode(), buffer, len(buffer))
+    return buffer.value.decode("utf-8", errors="replace")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The batch and the KV cells.
+
+
+class TokenBatch:
+    """One llama_batch, allocated once: its arrays are numpy arrays filled in slices for each decode, each token
+    with one sequence id (its slot)."""
+
+    def __init__(self, capacity: int):
+        import llama_cpp
+        import numpy as np
+
+        self.capacity = capacity
+        self.tokens = np.zeros(capacity, dtype=np.int32)  # (capacity,)
+        self.positions = np.zeros(capacity, dtype=np.int32)
+        self.seq_ids = np.zeros(capacity, dtype=np.int32)
+        self.n_seq_ids = np.ones(capacity, dtype=np.int32)  # one sequence per token
+        self.outputs = np.zeros(capacity, dtype=np.int8)  # 1: keep this position's logits
+        self.ramp = np.arange(capacity, dtype=np.int32)  # 0, 1, 2, ...: positions are start + ramp
+        # llama_batch.seq_id is an array of pointers, token i's pointing at seq_ids[i]
+        self.seq_id_pointers = (self.seq_ids.ctypes.data + 4 * np.arange(capacity, dtype=np.uint64)).astype(np.uint64)
+
+        def pointer(array, ctype):
+            return array.ctypes.data_as(ctypes.POINTER(ctype))
+
+        self.struct = llama_cpp.llama_batch(
+            n_tokens=0,
+            token=pointer(self.tokens, llama_cpp.llama_token),
+            embd=None,
+            pos=pointer(self.positions, llama_cpp.llama_pos),
+            n_seq_id=pointer(self.n_seq_ids, ctypes.c_int32),
+            seq_id=ctypes.cast(self.seq_id_pointers.ctypes.data, ctypes.POINTER(ctypes.POINTER(llama_cpp.llama_seq_id))),
+            logits=pointer(self.outputs, ctypes.c_int8),
+        )
+
+    def fill(self, work: list[SlotWork]) -> list[int]:
+        """Put the work in the batch; the batch index of each sampling item's last token, in order."""
+        import numpy as np
+
+        at, sample_at = 0, []
+        for item in work:
+            n = len(item.tokens)
+            end = at + n
+            if n == 1:  # a decoding sequence: scalar writes, no temporary arrays
+                self.tokens[at] = item.tokens[0]
+                self.positions[at] = item.start
+                self.seq_ids[at] = item.slot
+                self.outputs[at] = item.sample
+            else:
+                self.tokens[at:end] = item.tokens
+                np.add(self.ramp[:n], item.start, out=self.positions[at:end])
+                self.seq_ids[at:end] = item.slot
+                self.outputs[at:end] = 0
+                self.outputs[end - 1] = item.sample
+            if item.sample:
+                sample_at.append(end - 1)
+            at = end
+        self.struct.n_tokens = at
+        return sample_at
+
+
+class KVCells:
+    """Which of the cache's cells each slot uses, counted the way llama.cpp's unified cache does: a copied prefix
+    shares its cells with the source (`llama_memory_seq_cp` adds a sequence to a cell), and a cell is free once no
+    slot holds it. Cells are numbered as they are taken; only their sharing matters."""
+
+    def __init__(self, n_slots: int):
+        self.slots: list[list[int]] = [[] for _ in range(n_slots)]  # slot -> the cells of positions 0, 1, ...
+        self.holders: Counter[int] = Counter()  # cell -> how many slots hold it
+        self._next = 0
+
+    @property
+    def used(self) -> int:
+        return len(self.holders)
+
+    def held(self, slot: int) -> int:
+        return len(self.slots[slot])
+
+    def extend(self, slot: int, n: int) -> None:
+        new = range(self._next, self._next + n)
+        self._next += n
+        self.slots[slot].extend(new)
+        self.holders.update(new)
+
+    def trim(self, slot: int, keep: int) -> None:
+        cells = self.slots[slot]
+        for cell in cells[keep:]:
+            self.holders[cell] -= 1
+            if not self.holders[cell]:
+                del self.holders[cell]
+        del cells[keep:]
+
+    def share(self, source: int, target: int, n: int) -> None:
+        self.trim(target, 0)
+        self.slots[target] = self.slots[source][:n]
+        self.holders.update(self.slots[target])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The loaded model.
+
+
 class LlamaCppModel:
+    """A GGUF model in one llama.cpp context with `n_slots` sequences sharing one KV cache (see the module doc)."""
+
     def __init__(self, spec: ModelSpec):
         import llama_cpp
 
         self.spec = spec
-        kv_type = {"type_k": F32_KV_CACHE, "type_v": F32_KV_CACHE} if spec.options.get("f32_kv_cache") else {}
+        self._model, self.model_params = load_weights(spec)
+        self._context = None
         try:
-            self.llm = llama_cpp.Llama(
-                model_path=str(spec.path),
-                n_ctx=spec.n_ctx,
-                n_batch=min(512, spec.n_ctx),
-                n_gpu_layers=spec.n_gpu_layers,
-                n_threads=spec.n_threads or default_threads(),
-                logits_all=False,
-                verbose=False,
-                **kv_type,
-            )
-        except (ValueError, RuntimeError) as error:
-            raise BackendUnavailable(
-                f"llama.cpp could not load {os.path.basename(spec.path)} ({error}). The architecture may be newer "
-                "than this llama.cpp build (upgrade llama-cpp-python), the file may be damaged, or it may not fit "
-                "in memory (try a smaller quantization)."
-            ) from error
-        self.n_ctx = self.llm.n_ctx()
-        self.n_gpu_layers = spec.n_gpu_layers
-        self.memory_bytes = self._memory_estimate()
-        model = self.llm._model
-        self.bos_text = model.token_get_text(model.token_bos()) if model.token_bos() >= 0 else ""
-        self.eos_text = model.token_get_text(model.token_eos()) if model.token_eos() >= 0 else ""
-        template = spec.chat_template
-        if not template:
-            template, _note = conventional_template(spec.architecture)
-        self.chat_template = template
+            self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+            self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+            trained = llama_cpp.llama_model_n_ctx_train(self._model)
+            self.n_ctx = min(spec.n_ctx, trained) if trained > 0 else spec.n_ctx
+            self.n_slots = max(1, spec.n_slots)
+            self._scratch = self.n_slots  # the sequence id kv_save uses to cut a copy
+            requested = spec.kv_tokens or self.n_ctx * self.n_slots
+            self.context_params = self._context_params(spec, requested)
+            self._context = llama_cpp.llama_init_from_model(self._model, self.context_params)
+            if not self._context:
+                raise load_failure(spec, f" with a {requested}-token KV cache for {self.n_slots} sequences")
+            cells = llama_cpp.llama_n_ctx(self._context)  # llama.cpp rounds the request up to a multiple of 256
+            self.kv_capacity = min(requested, cells)
+            self._memory = llama_cpp.llama_get_memory(self._context)
+            self._n_swa = max(1, llama_cpp.llama_model_n_swa(self._model))
+            self._batch = TokenBatch(llama_cpp.llama_n_batch(self._context))
+            self._cells = KVCells(self.n_slots + 1)
+            self._pieces: dict[int, bytes] = {}
+            self._samplers: weakref.WeakSet[LlamaSampler] = weakref.WeakSet()  # closed with the model
+            self.eog_ids = frozenset(t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self._vocab, t))
+            self.bos_text = self._token_text(llama_cpp.llama_vocab_bos(self._vocab))
+            self.eos_text = self._token_text(llama_cpp.llama_vocab_eos(self._vocab))
+            self.memory_bytes = self._memory_estimate(cells)
+            architecture = spec.architecture or model_metadata(self._model, "general.architecture") or ""
+            self.chat_template = spec.chat_template or conventional_template(architecture)[0]
+        except BaseException:
+            self.close()
+            raise
 
-    def _memory_estimate(self) -> int:
+    def _context_params(self, spec: ModelSpec, kv_cells: int):
         import llama_cpp
 
-        model = self.llm._model.model
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = kv_cells
+        params.n_seq_max = self.n_slots + 1
+        params.kv_unified = True
+        params.n_batch = kv_cells  # the whole cache: one llama_decode per batch (see the module doc)
+        params.n_ubatch = min(kv_cells, PROMPT_CHUNK_TOKENS + self.n_slots)
+        params.n_outputs_max = self.n_slots + 1  # logits of at most one position per sequence
+        params.n_threads = params.n_threads_batch = spec.n_threads or default_threads()
+        params.swa_full = bool(spec.options.get("swa_full", False))
+        params.no_perf = True
+        if spec.options.get("f32_kv_cache"):
+            params.type_k = params.type_v = GGML_TYPE_F32
+        return params
+
+    def _memory_estimate(self, cells: int) -> int:
+        """Weights, KV cache (every layer counted at full size) and the logits buffer, in bytes."""
+        import llama_cpp
+
+        model = self._model
         weights = int(llama_cpp.llama_model_size(model))
-        layers, width = llama_cpp.llama_model_n_layer(model), llama_cpp.llama_model_n_embd(model)
-        kv_cache = 2 * layers * width * self.n_ctx * 2  # K and V, f16
-        return weights + kv_cache
+        arch = model_metadata(model, "general.architecture") or ""
+        n_head = max(1, llama_cpp.llama_model_n_head(model))
+        head_dim = llama_cpp.llama_model_n_embd(model) // n_head
+        k_dim = int(model_metadata(model, f"{arch}.attention.key_length") or head_dim)
+        v_dim = int(model_metadata(model, f"{arch}.attention.value_length") or head_dim)
+        element = 4 if self.spec.options.get("f32_kv_cache") else 2
+        per_cell = llama_cpp.llama_model_n_layer(model) * llama_cpp.llama_model_n_head_kv(model) * (k_dim + v_dim)
+        logits = 4 * self.n_vocab * (self.n_slots + 1)
+        return weights + per_cell * element * cells + logits
+
+    # -- text ---------------------------------------------------------------------------------------------
+
+    def _token_text(self, token: int) -> str:
+        import llama_cpp
+
+        if token < 0:
+            return ""
+        return (llama_cpp.llama_vocab_get_text(self._vocab, token) or b"").decode("utf-8", errors="replace")
 
     def render_prompt(self, request: GenerationRequest) -> str:
         if request.prompt is not None:
@@ -115,173 +333,184 @@ class LlamaCppModel:
         return render_chat(self.chat_template, request.messages or [], bos_token=self.bos_text,
                            eos_token=self.eos_text, add_generation_prompt=True)
 
-    def tokenize_prompt(self, request: GenerationRequest) -> list[int]:
-        text = self.render_prompt(request)
-        # A template that writes BOS itself gets no second one; special tokens in the text are parsed.
-        starts_with_bos = bool(self.bos_text) and text.startswith(self.bos_text)
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=not starts_with_bos, special=True)
-
-    def _fit_history(self, request: GenerationRequest) -> tuple[GenerationRequest, int]:
-        if not request.fit_history or not request.messages:
-            return request, 0
-        room = self.n_ctx - reply_reserve(self.n_ctx)
-
-        def fits(messages):
-            return len(self.tokenize_prompt(replace(request, messages=messages))) <= room
-
-        messages, dropped = fit_history(request.messages, fits)
-        return replace(request, messages=messages), dropped
-
-    def generate(
-        self, request: GenerationRequest, should_stop: Callable[[], bool] = lambda: False
-    ) -> Iterator[GenerationEvent]:
+    def tokenize(self, text: str) -> list[int]:
+        """Special tokens parsed; BOS added (where the vocabulary wants one) unless the text starts with it."""
         import llama_cpp
 
-        started = time.perf_counter()
-        request, dropped = self._fit_history(request)
-        tokens = self.tokenize_prompt(request)
-        if len(tokens) >= self.n_ctx:
-            raise ContextLengthExceeded(
-                f"This model's context is {self.n_ctx} tokens, but the prompt has {len(tokens)} tokens. "
-                "Shorten the messages (or start a new conversation)."
-            )
-        yield GenerationEvent("started", prompt_tokens=len(tokens), dropped_messages=dropped)
-        budget = self.n_ctx - len(tokens)
-        if request.max_tokens is not None:
-            budget = min(budget, request.max_tokens)
-        vocab = self.llm._model.vocab
-        params = request.sampling
-        self.llm.set_seed(params.seed if params.seed is not None else random.randrange(2**31))
-        utf8, stops = Utf8Stream(), StopStrings(request.stop)
-        count, first_at, finish = 0, None, "length"
-        arguments = llama_sampler_arguments(params)
-        # `structure` constrains decoding (compiled to a grammar); `logprobs`: how many alternatives (0-20) to report.
-        if request.structure:
-            from inference.engine.grammar import compile_structure
+        data = text.encode("utf-8")
+        add_bos = not (self.bos_text and text.startswith(self.bos_text))
+        room = len(data) + 8
+        while True:
+            ids = (llama_cpp.llama_token * room)()
+            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), ids, room, add_bos, True)
+            if n >= 0:
+                return ids[:n]
+            room = -n
 
-            arguments["grammar"] = llama_cpp.LlamaGrammar.from_string(compile_structure(request.structure),
-                                                                       verbose=False)
-        top_logprobs = getattr(request, "logprobs", None)
-        recorder = LogprobRecorder(self.llm, top_logprobs) if top_logprobs is not None else None
-        if recorder is not None:  # first in the chain: it sees the model's own logits at the sampled position
-            arguments["logits_processor"] = [recorder, *arguments.get("logits_processor", [])]
-        pending: list[dict[str, Any]] = []
-        # reset=True with n_tokens 0 evaluates the whole prompt: no prefix reuse, so whatever ran before, an
-        # identical request gives identical output.
-        self.llm.reset()
-        stream = self.llm.generate(tokens, reset=True, **arguments)
-        try:
-            while count < budget:
-                if should_stop():
-                    finish = "cancelled"
-                    break
-                token = next(stream)
-                count += 1
-                if first_at is None:
-                    first_at = time.perf_counter()
-                if llama_cpp.llama_vocab_is_eog(vocab, token):
-                    finish = "stop"
-                    break
-                if recorder is not None:
-                    pending.append(recorder.entry(token))
-                text, stopped = stops.feed(utf8.feed(self.llm.detokenize([token])))
-                if text and recorder is not None:
-                    yield TokenEvent("token", text=text, token_id=token, logprobs=pending)
-                    pending = []
-                elif text:
-                    yield GenerationEvent("token", text=text, token_id=token)
-                if stopped:
-                    finish = "stop"
-                    break
-        finally:
-            stream.close()
-        if finish != "stop":
-            tail, _ = stops.feed(utf8.flush())
-            tail += stops.flush()
-            if tail:
-                yield (TokenEvent("token", text=tail, logprobs=pending) if recorder
-                       else GenerationEvent("token", text=tail))
-        if should_stop() and finish == "length":
-            finish = "cancelled"
-        ended = time.perf_counter()
-        decode_seconds = ended - first_at if first_at else 0.0
-        yield GenerationEvent(
-            "done",
-            finish_reason=finish,
-            prompt_tokens=len(tokens),
-            completion_tokens=count,
-            time_to_first_token=(first_at - started) if first_at else None,
-            tokens_per_second=((count - 1) / decode_seconds) if count > 1 and decode_seconds > 0 else None,
-        )
+    def piece(self, token: int) -> bytes:
+        """The bytes of one token as it reads in running text (its leading space kept; control tokens empty)."""
+        cached = self._pieces.get(token)
+        if cached is None:
+            import llama_cpp
+
+            buffer = ctypes.create_string_buffer(64)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, False)
+            if n < 0:
+                buffer = ctypes.create_string_buffer(-n)
+                n = llama_cpp.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, False)
+            cached = self._pieces[token] = buffer.raw[:n]
+        return cached
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return b"".join(self.piece(t) for t in ids).decode("utf-8", errors="replace")
+
+    # -- sampling and decoding -----------------------------------------------------------------------------
+
+    def sampler(self, request: GenerationRequest, history: Sequence[int], n_prompt: int) -> LlamaSampler:
+        sampler = build_sampler(self._vocab, self.n_vocab, self.n_ctx, request, history, n_prompt)
+        self._samplers.add(sampler)
+        return sampler
+
+    def decode(self, work: list[SlotWork]) -> list[Sampled]:
+        import llama_cpp
+
+        self._check(work)
+        sample_at = self._batch.fill(work)
+        status = llama_cpp.llama_decode(self._context, self._batch.struct)
+        if status == 1:  # no room found: llama.cpp put the cache back as it was
+            raise KVCacheFull(f"llama.cpp found no room for {self._batch.struct.n_tokens} tokens")
+        if status != 0:
+            raise RuntimeError(f"llama_decode failed with status {status}")
+        for item in work:
+            self._cells.extend(item.slot, len(item.tokens))
+        sampled = []
+        for item, index in zip((item for item in work if item.sample), sample_at, strict=True):
+            sampler: LlamaSampler = item.sampler
+            logprobs = self._log_probabilities(index) if sampler.top_logprobs is not None else None
+            token = sampler.sample(self._context, index, self.n_vocab)
+            entry = logprob_entry(logprobs, token, sampler.top_logprobs, self.piece) if logprobs is not None else None
+            sampled.append(Sampled(item.slot, token, entry))
+        return sampled
+
+    def _check(self, work: list[SlotWork]) -> None:
+        """Refuse what llama.cpp would refuse, before anything changes; KVCacheFull when the cells run out."""
+        slots = set()
+        for item in work:
+            if not 0 <= item.slot < self.n_slots or item.slot in slots:
+                raise ValueError(f"slot {item.slot}: each item needs its own slot in 0..{self.n_slots - 1}")
+            if not item.tokens:
+                raise ValueError(f"slot {item.slot}: an item needs at least one token")
+            if item.start != self._cells.held(item.slot):
+                raise ValueError(f"slot {item.slot} holds {self._cells.held(item.slot)} positions; the item starts at "
+                                 f"{item.start}")
+            slots.add(item.slot)
+        needed = sum(len(item.tokens) for item in work)
+        if self._cells.used + needed > self.kv_capacity:
+            raise KVCacheFull(f"{needed} new tokens do not fit: {self._cells.used} of {self.kv_capacity} cells in use")
+
+    def _log_probabilities(self, index: int):
+        return log_softmax(logits_at(self._context, index, self.n_vocab))
+
+    # -- the slots' KV cache ----------------------------------------------------------------------------------
+
+    def _usable(self, slot: int, n: int) -> bool:
+        """Whether the slot holds positions 0..n-1 with all that position n attends to: a sliding window of
+        n_swa positions needs n - n_swa + 1 onwards, and llama.cpp keeps every position from pos_min on."""
+        import llama_cpp
+
+        if n == 0:
+            return True
+        low = llama_cpp.llama_memory_seq_pos_min(self._memory, slot)
+        high = llama_cpp.llama_memory_seq_pos_max(self._memory, slot)
+        return high == n - 1 and 0 <= low <= max(0, n - self._n_swa + 1)
+
+    def _empty(self, slot: int) -> int:
+        import llama_cpp
+
+        llama_cpp.llama_memory_seq_rm(self._memory, slot, -1, -1)
+        self._cells.trim(slot, 0)
+        return 0
+
+    def kv_trim(self, slot: int, keep: int) -> int:
+        import llama_cpp
+
+        keep = min(keep, self._cells.held(slot))
+        if keep == 0:
+            return self._empty(slot)
+        if keep == self._cells.held(slot):
+            return keep
+        if not llama_cpp.llama_memory_seq_rm(self._memory, slot, keep, -1) or not self._usable(slot, keep):
+            return self._empty(slot)  # a recurrent state or a sliding window that cannot go back there
+        self._cells.trim(slot, keep)
+        return keep
+
+    def kv_copy(self, source: int, target: int, n_tokens: int) -> int:
+        import llama_cpp
+
+        self._empty(target)
+        n = min(n_tokens, self._cells.held(source))
+        if n == 0:
+            return 0
+        llama_cpp.llama_memory_seq_cp(self._memory, source, target, 0, n)
+        if not self._usable(target, n):
+            return self._empty(target)
+        self._cells.share(source, target, n)
+        return n
+
+    def kv_save(self, slot: int, n_tokens: int) -> SavedKV:
+        """The slot's first positions in host memory; a shorter cut is taken from a copy (the scratch sequence),
+        and is empty (n_tokens 0) where a sliding window makes it unusable."""
+        n = min(n_tokens, self._cells.held(slot))
+        if n < self._cells.held(slot):
+            if self.kv_copy(slot, self._scratch, n) != n:
+                return SavedKV(data=None, nbytes=0, n_tokens=0)
+            try:
+                return self._save_sequence(self._scratch, n)
+            finally:
+                self._empty(self._scratch)
+        return self._save_sequence(slot, n)
+
+    def _save_sequence(self, seq: int, n: int) -> SavedKV:
+        import llama_cpp
+
+        if n == 0:
+            return SavedKV(data=None, nbytes=0, n_tokens=0)
+        size = llama_cpp.llama_state_seq_get_size(self._context, seq)
+        data = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_seq_get_data(self._context, data, size, seq)
+        if written != size:
+            raise RuntimeError(f"llama.cpp saved {written} of {size} bytes of sequence {seq}")
+        return SavedKV(data=data, nbytes=size, n_tokens=n)
+
+    def kv_restore(self, slot: int, saved: SavedKV) -> int:
+        import llama_cpp
+
+        self._empty(slot)
+        if saved.n_tokens == 0 or self._cells.used + saved.n_tokens > self.kv_capacity:
+            return 0
+        if not llama_cpp.llama_state_seq_set_data(self._context, saved.data, saved.nbytes, slot):
+            return self._empty(slot)  # no room for it
+        if not self._usable(slot, saved.n_tokens):
+            return self._empty(slot)
+        self._cells.extend(slot, saved.n_tokens)
+        return saved.n_tokens
+
+    # -- the end ------------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        self.llm.close()
+        """Free the samplers still open, the context (and its KV cache) and the weights; safe to call twice (the
+        batch is numpy memory)."""
+        import llama_cpp
 
+        for sampler in list(getattr(self, "_samplers", ())):
+            sampler.close()
+        context, self._context = getattr(self, "_context", None), None
+        if context:
+            llama_cpp.llama_free(context)
+        model, self._model = getattr(self, "_model", None), None
+        if model:
+            llama_cpp.llama_model_free(model)
 
-def llama_sampler_arguments(params: SamplingParams) -> dict:
-    """SamplingParams onto llama-cpp-python's generate(): penalties, top-k, top-p, min-p, temperature, dist."""
-    arguments = {
-        "temp": max(params.temperature, 0.0),
-        "top_k": params.top_k,
-        "top_p": params.top_p,
-        "min_p": params.min_p,
-        "typical_p": 1.0,
-        "repeat_penalty": params.repeat_penalty,
-        "frequency_penalty": params.frequency_penalty,
-        "presence_penalty": params.presence_penalty,
-    }
-    if params.logit_bias:
-        arguments["logits_processor"] = [LogitBias(params.logit_bias)]
-    return arguments
-
-
-class LogitBias:
-    """Adds the request's bias to the listed token ids' logits; -100 bans a token."""
-
-    def __init__(self, bias: dict[int, float]):
-        self.ids = list(bias)
-        self.values = [-float("inf") if v <= -100 else float(v) for v in bias.values()]
-
-    def __call__(self, _input_ids, logits):
-        n_vocab = logits.shape[0]
-        for token_id, value in zip(self.ids, self.values, strict=True):
-            if 0 <= token_id < n_vocab:
-                logits[token_id] += value
-        return logits
-
-
-class LogprobRecorder:
-    """A logits processor that changes nothing: it keeps the log-softmax of the logits the model produced at the
-    position being sampled (one vocabulary-sized row, never llama.cpp's logits_all), so that the sampled token's
-    log probability and the `top` most likely alternatives can be reported."""
-
-    def __init__(self, llm, top: int):
-        self.llm = llm
-        self.top = max(0, min(int(top), MAX_TOP_LOGPROBS))
-        self._logprobs = None
-
-    def __call__(self, _input_ids, logits):
-        import numpy as np
-
-        row = np.array(logits, dtype=np.float64)
-        peak = row.max()
-        self._logprobs = row - (peak + np.log(np.exp(row - peak).sum()))
-        return logits
-
-    def _piece(self, token: int) -> dict[str, Any]:
-        raw = self.llm.detokenize([token])
-        return {"token": raw.decode("utf-8", errors="replace"), "bytes": list(raw)}
-
-    def entry(self, token: int) -> dict[str, Any]:
-        """OpenAI's per-token shape: token, logprob, bytes, top_logprobs (most likely first)."""
-        import numpy as np
-
-        logprobs = self._logprobs
-        if logprobs is None or not 0 <= token < len(logprobs):
-            return {**self._piece(token), "logprob": 0.0, "top_logprobs": []}
-        alternatives = []
-        if self.top:
-            best = np.argpartition(-logprobs, self.top - 1)[: self.top]
-            best = best[np.argsort(-logprobs[best], kind="stable")]
-            alternatives = [{**self._piece(int(t)), "logprob": float(logprobs[t])} for t in best]
-        return {**self._piece(token), "logprob": float(logprobs[token]), "top_logprobs": alternatives}
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # at interpreter shutdown llama_cpp may be gone already
+            self.close()

@@ -1,13 +1,15 @@
-"""The MLX backend: models in MLX format (or plain Hugging Face safetensors) run with mlx-lm.
+"""The MLX backend: models in MLX format (or plain Hugging Face safetensors) run with mlx-lm, as a BatchModel.
 
 MLX is the fast path on Apple silicon (Metal); the same code runs on Linux CPU with `mlx[cpu]`.
 mlx and mlx-lm are optional, so they are imported lazily: this module imports fine without them and
 `MlxBackend.unavailable_reason()` says how to install them.
 
-Generation is a few named steps over mlx-lm's model modules: `_prefill` the prompt into a fresh KV
-cache, then `_decode_one_token` per step; mlx-lm's `make_sampler` and `make_logits_processors` are set
-from our `SamplingParams`, with presence and frequency penalties as a logits processor of our own.
-Chat prompts are rendered by our sandboxed `chat_template`, never the tokenizer's own renderer.
+`MlxBackend().load(spec)` returns an `MlxBatchModel` (the contract is `batch.py`'s `BatchModel`): mlx-lm's model
+module over `spec.n_slots` slots of KV cache (`mlx_slots.py`). `decode` runs the slots that take one token in one
+forward pass, each at its own position, and each prompt chunk in a pass of its own; every sequence samples with its
+own `MlxSampler` (`mlx_sampling.py`). Detokenizing, stop strings and finish reasons are `output.py`'s.
+Chat prompts are rendered by our sandboxed `chat_template`, never the tokenizer's own renderer, and no model's own
+code is ever run.
 """
 
 from __future__ import annotations
@@ -16,29 +18,23 @@ import gc
 import importlib.util
 import json
 import re
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from inference.engine.base import (
     BACKEND_CAPABILITIES,
     BackendUnavailable,
-    ContextLengthExceeded,
-    GenerationEvent,
     GenerationRequest,
     InvalidRequest,
     ModelRefused,
     ModelSpec,
 )
+from inference.engine.batch import KVCacheFull, Sampled, SavedKV, SlotWork
 from inference.engine.chat_template import conventional_template, find_chat_template, render_chat
-from inference.engine.sampling import SamplingParams
-from inference.engine.text import StopStrings
 
 INSTALL_HINT = "pip install 'hearth[mlx]' (or: pip install \"mlx[cpu]\" mlx-lm on Linux)"
-PREFILL_CHUNK_TOKENS = 512  # prompt tokens per forward pass while prefilling
 _MODEL_TYPE = re.compile(r"^[a-z0-9_]+$")
-_UTF8_HOLD_TOKENS = 4  # a character is at most 4 bytes: stop waiting for it after this many tokens
 
 
 def mlx_import_error() -> str | None:
@@ -61,7 +57,7 @@ class MlxBackend:
             return None
         return f"mlx is not installed: {INSTALL_HINT} ({error})"
 
-    def load(self, spec: ModelSpec) -> MlxLoadedModel:
+    def load(self, spec: ModelSpec) -> MlxBatchModel:
         reason = self.unavailable_reason()
         if reason is not None:
             raise BackendUnavailable(reason)
@@ -74,7 +70,7 @@ class MlxBackend:
             tokenizer = load_tokenizer(path, eos_token_ids=config.get("eos_token_id"))
         except (ValueError, KeyError, OSError) as exc:
             raise ModelRefused(f"mlx-lm cannot load {path.name}: {exc}") from exc
-        return MlxLoadedModel(spec, model, tokenizer, config)
+        return MlxBatchModel(spec, model, tokenizer, config)
 
 
 def read_model_config(path: Path) -> dict[str, Any]:
@@ -114,24 +110,33 @@ def _mlx_lm_knows(model_type: str) -> bool:
     return importlib.util.find_spec(f"mlx_lm.models.{module}") is not None
 
 
-class MlxLoadedModel:
+class MlxBatchModel:
+    """A loaded mlx-lm model with `n_slots` slots of KV cache: the `BatchModel` of `batch.py`."""
+
     def __init__(self, spec: ModelSpec, model: Any, tokenizer: Any, config: dict[str, Any]):
-        import mlx.core as mx
         from mlx.utils import tree_flatten
 
+        from inference.engine.mlx_slots import SlotCache
+
         self.spec = spec
-        self.n_ctx = spec.n_ctx
         self._model = model
         self._tokenizer = tokenizer  # mlx-lm TokenizerWrapper around a Hugging Face fast tokenizer
         self._config = config
         self._chat_template: str | None = None
         text_config = config.get("text_config") or {}
         self.vocab_size = int(config.get("vocab_size") or text_config.get("vocab_size") or len(tokenizer))
-        self.eos_token_ids = frozenset(int(t) for t in tokenizer.eos_token_ids)
-        weights = tree_flatten(model.parameters())
-        self.memory_bytes = sum(a.nbytes for _, a in weights if isinstance(a, mx.array))  # weights only
+        self.eog_ids = frozenset(int(t) for t in tokenizer.eos_token_ids)
+        self.n_slots = max(1, spec.n_slots)
+        self.n_ctx = spec.n_ctx
+        every_slot_full = self.n_ctx * self.n_slots
+        self.kv_capacity = min(spec.kv_tokens, every_slot_full) if spec.kv_tokens > 0 else every_slot_full
+        self._windows = attention_windows(model, str(config.get("model_type", "")))  # one per KV cache
+        self._slots = [SlotCache(len(self._windows)) for _ in range(self.n_slots)]
+        self.weights_bytes = sum(array.nbytes for _, array in tree_flatten(model.parameters()))
+        self.kv_bytes_per_token = self._measure_kv_bytes_per_token()
+        self.memory_bytes = self.weights_bytes + self.kv_bytes_per_token * self.kv_capacity  # the cache full
 
-    # -- prompts --------------------------------------------------------------------------------
+    # -- prompts and text -------------------------------------------------------------------------
 
     def render_prompt(self, request: GenerationRequest) -> str:
         if (request.prompt is None) == (request.messages is None):
@@ -166,132 +171,131 @@ class MlxLoadedModel:
         add_special_tokens = not (bos and text.startswith(bos))
         return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
-    # -- generation -----------------------------------------------------------------------------
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self._tokenizer.decode(list(ids), skip_special_tokens=True) if len(ids) else ""
 
-    def generate(
-        self, request: GenerationRequest, should_stop: Callable[[], bool] = lambda: False
-    ) -> Iterator[GenerationEvent]:
+    # -- decoding ---------------------------------------------------------------------------------
+
+    def sampler(self, request: GenerationRequest, history: Sequence[int], n_prompt: int) -> Any:
+        from inference.engine.mlx_sampling import MlxSampler
+
+        if request.structure is not None or request.logprobs is not None:  # the selection never sends these here
+            asked = "constrained decoding" if request.structure is not None else "log probabilities"
+            raise InvalidRequest(f"The mlx backend cannot give {asked}; choose llamacpp.")
+        return MlxSampler(request.sampling, history, vocab_size=self.vocab_size, n_ctx=self.n_ctx)
+
+    def decode(self, work: list[SlotWork]) -> list[Sampled]:
+        """The slots taking one token run together in one forward pass; a prompt chunk runs in a pass of its own
+        (padding one-token rows to a chunk's length would multiply their work). One evaluation for all of it."""
         import mlx.core as mx
 
-        if request.max_tokens is not None and request.max_tokens < 1:
-            raise InvalidRequest(f"max_tokens must be at least 1, not {request.max_tokens}.")
-        prompt_ids = self.tokenize(self.render_prompt(request))
-        if len(prompt_ids) >= self.n_ctx:
-            raise ContextLengthExceeded(
-                f"The prompt has {len(prompt_ids)} tokens, but this model's context is {self.n_ctx} tokens "
-                "(room must be left for at least one new token)."
-            )
-        sampling = request.sampling
-        sample = make_mlx_sampler(sampling)
-        processors = make_mlx_logits_processors(sampling, self.vocab_size, self.n_ctx)
-        budget = self.n_ctx - len(prompt_ids)
-        limit = budget if request.max_tokens is None else min(request.max_tokens, budget)
-        if sampling.seed is not None:
-            mx.random.seed(sampling.seed)
+        self._check(work)
+        tokens: dict[int, Any] = {}  # index in `work` -> its sampled token, lazily (1,)
+        for group in self._groups(work):
+            last_logits = self._forward([work[i] for i in group])  # (B, vocab)
+            for row, index in enumerate(group):
+                if work[index].sample:
+                    tokens[index] = work[index].sampler.next_token(last_logits[row : row + 1])
+        mx.eval(list(tokens.values()), [self._slots[item.slot].arrays() for item in work])
+        for item in work:
+            self._slots[item.slot].length = item.start + len(item.tokens)
+        sampled = []
+        for index, item in enumerate(work):
+            if item.sample:
+                token = int(tokens[index].item())
+                item.sampler.accept(token)
+                sampled.append(Sampled(item.slot, token))
+        return sampled
 
-        yield GenerationEvent("started", prompt_tokens=len(prompt_ids))
-        started = time.perf_counter()
-        first_token_at = last_token_at = None
-        decoder = IncrementalDecoder(self._tokenizer, context=prompt_ids)
-        stops = StopStrings(request.stop)
-        completion_tokens = 0
-        finish_reason = "length"
-        hit_stop_string = False
-        tokens = self._sampled_tokens(prompt_ids, sample, processors, should_stop)
-        while completion_tokens < limit:
-            token_id = None if should_stop() else next(tokens, None)
-            if token_id is None:
-                finish_reason = "cancelled"
-                break
-            last_token_at = time.perf_counter()
-            first_token_at = first_token_at or last_token_at
-            if token_id in self.eos_token_ids:
-                finish_reason = "stop"
-                break
-            completion_tokens += 1
-            text, hit_stop_string = stops.feed(decoder.add(token_id))
-            yield GenerationEvent("token", text=text, token_id=token_id)
-            if hit_stop_string:
-                finish_reason = "stop"
-                break
-        tokens.close()
-        if not hit_stop_string:
-            tail, hit_stop_string = stops.feed(decoder.finish())
-            if hit_stop_string:
-                finish_reason = "stop"
-            else:
-                tail += stops.flush()
-            if tail:
-                yield GenerationEvent("token", text=tail)
-        decode_seconds = (last_token_at - first_token_at) if first_token_at else 0.0
-        yield GenerationEvent(
-            "done",
-            finish_reason=finish_reason,
-            prompt_tokens=len(prompt_ids),
-            completion_tokens=completion_tokens,
-            time_to_first_token=(first_token_at - started) if first_token_at else None,
-            tokens_per_second=(completion_tokens - 1) / decode_seconds if decode_seconds > 0 else None,
-        )
-
-    def _sampled_tokens(
-        self,
-        prompt_ids: list[int],
-        sample: Callable,
-        processors: list[Callable],
-        should_stop: Callable[[], bool],
-    ) -> Iterator[int]:
-        """Sampled token ids without end: prefill once, then one decode step per token.
-
-        Ends early only when `should_stop` turns true while a long prompt is being prefilled.
-        """
-        from mlx_lm.models.cache import make_prompt_cache
-
-        cache = make_prompt_cache(self._model)
-        history = list(prompt_ids)  # what the penalties look back over
-        logits = self._prefill(prompt_ids, cache, should_stop)
-        if logits is None:
-            return
-        while True:
-            token_id = self._sample(logits, history, sample, processors)
-            history.append(token_id)
-            yield token_id
-            logits = self._decode_one_token(token_id, cache)
-
-    def _prefill(self, prompt_ids: list[int], cache: list[Any], should_stop: Callable[[], bool]) -> Any:
-        """Run the prompt through the model in chunks; the logits of its last position, (1, vocab).
-
-        None when `should_stop` turned true between chunks.
-        """
-        import mlx.core as mx
-
-        for start in range(0, len(prompt_ids), PREFILL_CHUNK_TOKENS):
-            if start and should_stop():
-                return None
-            chunk = mx.array(prompt_ids[start : start + PREFILL_CHUNK_TOKENS])[None]  # (1, T)
-            logits = self._model(chunk, cache=cache)  # (1, T, vocab)
-            mx.eval([c.state for c in cache])
-        return logits[:, -1, :]  # (1, vocab)
-
-    def _decode_one_token(self, token_id: int, cache: list[Any]) -> Any:
-        import mlx.core as mx
-
-        logits = self._model(mx.array([[token_id]]), cache=cache)  # (1, 1, vocab)
-        return logits[:, -1, :]  # (1, vocab)
+    def _check(self, work: list[SlotWork]) -> None:
+        """ValueError for work that makes no sense; KVCacheFull (before anything changes) for work that would take
+        a slot past the context or all slots past the KV cache's capacity."""
+        slots = [item.slot for item in work]
+        if len(set(slots)) != len(slots):
+            raise ValueError(f"A slot appears twice in one decode: {slots}.")
+        for item in work:
+            if not 0 <= item.slot < self.n_slots:
+                raise ValueError(f"There is no slot {item.slot}; this model has {self.n_slots}.")
+            if not item.tokens or not all(0 <= t < self.vocab_size for t in item.tokens):
+                raise ValueError(f"Slot {item.slot} was given no tokens or a token outside the vocabulary.")
+            if item.start > self._slots[item.slot].length:
+                raise ValueError(f"Slot {item.slot} holds {self._slots[item.slot].length} positions; its work "
+                                 f"cannot start at {item.start}.")
+            if item.sample and item.sampler is None:
+                raise ValueError(f"Slot {item.slot} asks for a sample without a sampler.")
+        lengths = [slot.length for slot in self._slots]
+        for item in work:
+            lengths[item.slot] = item.start + len(item.tokens)
+            if lengths[item.slot] > self.n_ctx:
+                raise KVCacheFull(f"Slot {item.slot} would hold {lengths[item.slot]} positions, past the context "
+                                  f"of {self.n_ctx}.")
+        if sum(lengths) > self.kv_capacity:
+            raise KVCacheFull(f"The slots would hold {sum(lengths)} positions; the KV cache has {self.kv_capacity}.")
 
     @staticmethod
-    def _sample(logits: Any, history: list[int], sample: Callable, processors: list[Callable]) -> int:
+    def _groups(work: list[SlotWork]) -> list[list[int]]:
+        """Indices into `work` of each forward pass: every one-token item together, each longer one alone."""
+        single = [i for i, item in enumerate(work) if len(item.tokens) == 1]
+        return ([single] if single else []) + [[i] for i, item in enumerate(work) if len(item.tokens) > 1]
+
+    def _forward(self, items: list[SlotWork]) -> Any:
+        """Run the items' tokens into their slots; the logits after each item's last token, (B, vocab)."""
         import mlx.core as mx
 
-        if processors:
-            recent = mx.array(history[-PENALTY_WINDOW_MAX:])  # (≤ window,)
-            for process in processors:
-                logits = process(recent, logits)
-        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)  # (1, vocab)
-        return int(sample(logprobs).item())
+        from inference.engine.mlx_slots import BatchLayout, SlotBatchCache
+
+        counts = [len(item.tokens) for item in items]
+        width = max(counts)
+        inputs = mx.array([item.tokens + [0] * (width - len(item.tokens)) for item in items])  # (B, N), right-padded
+        for item in items:
+            self._slots[item.slot].write_from(item.start)
+        layout = BatchLayout([item.start for item in items], counts)
+        caches = [SlotBatchCache(layout, [self._slots[item.slot].layers[layer] for item in items], window)
+                  for layer, window in enumerate(self._windows)]
+        logits = self._model(inputs, cache=caches)  # (B, N, vocab)
+        return logits[mx.arange(len(items)), mx.array(counts) - 1]  # (B, vocab)
+
+    def _measure_kv_bytes_per_token(self) -> int:
+        """What one position takes in a slot's cache, measured by running one token into two slots (so a model
+        whose code cannot run beside others fails here, at load, not in a job)."""
+        import mlx.core as mx
+
+        probe = list(range(min(2, self.n_slots)))
+        token = next(iter(self.eog_ids), 0)
+        try:
+            self._forward([SlotWork(slot, [token], 0, False) for slot in probe])
+            mx.eval([self._slots[slot].arrays() for slot in probe])
+        except Exception as exc:  # the model's own code, whatever it raises: this backend cannot run it
+            model_type = self._config.get("model_type")
+            raise BackendUnavailable(f"mlx-lm's {model_type} cannot run in the mlx backend's slots: {exc}") from exc
+        layers = self._slots[0].layers
+        per_token = sum((cache.keys.nbytes + cache.values.nbytes) // cache.keys.shape[2] for cache in layers)
+        for slot in probe:
+            self._slots[slot].trim(0)
+        return per_token
+
+    # -- slots ------------------------------------------------------------------------------------
+
+    def kv_trim(self, slot: int, keep: int) -> None:
+        self._slots[slot].trim(keep)
+
+    def kv_copy(self, source: int, target: int, n_tokens: int) -> None:
+        original = self._slots[source]
+        live = [(cache.keys, cache.values) for cache in original.layers]
+        self._slots[target].restore(live, min(n_tokens, original.length))  # into buffers of the target's own
+
+    def kv_save(self, slot: int, n_tokens: int) -> SavedKV:
+        n_tokens = min(n_tokens, self._slots[slot].length)
+        arrays, nbytes = self._slots[slot].save(n_tokens)
+        return SavedKV(arrays, nbytes, n_tokens)
+
+    def kv_restore(self, slot: int, saved: SavedKV) -> None:
+        self._slots[slot].restore(saved.data, saved.n_tokens)
 
     def close(self) -> None:
         self._model = None
         self._tokenizer = None
+        self._slots = []
         gc.collect()
         try:
             import mlx.core as mx
@@ -301,111 +305,25 @@ class MlxLoadedModel:
             pass
 
 
-# -- sampling ------------------------------------------------------------------------------------
+def attention_windows(model: Any, model_type: str) -> list[int | None]:
+    """One entry per KV cache the model asks for: None for full attention, the window of a sliding-window layer.
+    BackendUnavailable for a model that keeps other state (recurrent layers, attention sinks): slots hold keys and
+    values only."""
+    from mlx_lm.models.cache import KVCache, RotatingKVCache
 
-PENALTY_WINDOW_MAX = 4096  # the most tokens the penalties look back over, even for repeat_last_n -1
-
-
-def make_mlx_sampler(params: SamplingParams) -> Callable:
-    """mlx-lm's sampler chain (top_p, min_p, top_k, then temperature) set from our SamplingParams."""
-    from mlx_lm.sample_utils import make_sampler
-
-    if params.greedy:
-        return make_sampler(temp=0.0)
-    if not 0.0 < params.top_p <= 1.0:
-        raise InvalidRequest(f"top_p must be in (0, 1], not {params.top_p}.", code="invalid_value")
-    if not 0.0 <= params.min_p <= 1.0:
-        raise InvalidRequest(f"min_p must be in [0, 1], not {params.min_p}.", code="invalid_value")
-    if params.top_k < 0:
-        raise InvalidRequest(f"top_k must be 0 (off) or more, not {params.top_k}.", code="invalid_value")
-    return make_sampler(temp=params.temperature, top_p=params.top_p, min_p=params.min_p, top_k=params.top_k)
-
-
-def make_mlx_logits_processors(params: SamplingParams, vocab_size: int, n_ctx: int) -> list[Callable]:
-    """logit_bias and the repeat penalty through mlx-lm; presence and frequency penalties our own.
-
-    The penalties look at the last `repeat_last_n` tokens, prompt included, as llama.cpp does
-    (0: penalties off, -1: the whole context).
-    """
-    from mlx_lm.sample_utils import make_logits_processors
-
-    for token_id in params.logit_bias:
-        if not 0 <= int(token_id) < vocab_size:
-            raise InvalidRequest(
-                f"logit_bias names token {token_id}, but the vocabulary has {vocab_size} tokens.",
-                code="invalid_value",
-            )
-    if params.repeat_penalty <= 0:
-        raise InvalidRequest(
-            f"repeat_penalty must be above 0, not {params.repeat_penalty}.", code="invalid_value"
+    if not hasattr(model, "make_cache"):
+        return [None] * len(model.layers)
+    windows, others = [], set()
+    for cache in model.make_cache():
+        if isinstance(cache, RotatingKVCache) and cache.keep == 0:
+            windows.append(cache.max_size)
+        elif type(cache) is KVCache:
+            windows.append(None)
+        else:
+            others.add(type(cache).__name__)
+    if others:
+        raise BackendUnavailable(
+            f"mlx-lm's {model_type} keeps {', '.join(sorted(others))} state, which the mlx backend's slots do not "
+            "hold (they hold attention keys and values); run it on another backend."
         )
-    window = n_ctx if params.repeat_last_n < 0 else params.repeat_last_n
-    window = min(window, PENALTY_WINDOW_MAX)
-    penalties_on = window > 0
-    bias = {int(k): float(v) for k, v in params.logit_bias.items()}
-    repeat = params.repeat_penalty if penalties_on and params.repeat_penalty != 1.0 else None
-    processors = make_logits_processors(
-        logit_bias=bias or None, repetition_penalty=repeat, repetition_context_size=window
-    )
-    if penalties_on and (params.presence_penalty or params.frequency_penalty):
-        processors.append(
-            presence_frequency_penalty(params.presence_penalty, params.frequency_penalty, window)
-        )
-    return processors
-
-
-def presence_frequency_penalty(presence: float, frequency: float, window: int) -> Callable:
-    """OpenAI's penalties over the last `window` tokens: logit -= presence + frequency * count."""
-    import mlx.core as mx
-    import numpy as np
-
-    def process(tokens: Any, logits: Any) -> Any:  # tokens (T,), logits (1, vocab)
-        recent = np.asarray(tokens[-window:])
-        if recent.size == 0:
-            return logits
-        ids, counts = np.unique(recent, return_counts=True)
-        penalty = presence + frequency * counts.astype(np.float32)  # (unique,)
-        return logits.at[:, mx.array(ids)].subtract(mx.array(penalty).astype(logits.dtype))
-
-    return process
-
-
-# -- text ----------------------------------------------------------------------------------------
-
-
-class IncrementalDecoder:
-    """Token ids in, new complete characters out.
-
-    Decodes a short window of tokens twice, with and without the newest ones, and emits the
-    difference: tokenizers that drop a leading space at the start of a decode (SentencePiece) get
-    context from the tokens before, and a character split over several byte tokens waits until it is
-    whole (the text would end in U+FFFD).
-    """
-
-    def __init__(self, tokenizer: Any, context: list[int] = (), context_tokens: int = 5):
-        self._tokenizer = tokenizer
-        self._ids = list(context[-context_tokens:])
-        self._prefix_offset = 0  # start of the decode window
-        self._read_offset = len(self._ids)  # tokens before this are emitted
-
-    def add(self, token_id: int) -> str:
-        self._ids.append(token_id)
-        return self._emit(final=False)
-
-    def finish(self) -> str:
-        """Whatever is still held back, incomplete characters included (as U+FFFD)."""
-        return self._emit(final=True)
-
-    def _emit(self, *, final: bool) -> str:
-        emitted = self._decode(self._ids[self._prefix_offset : self._read_offset])
-        text = self._decode(self._ids[self._prefix_offset :])
-        waiting = len(self._ids) - self._read_offset
-        if waiting == 0 or len(text) <= len(emitted):
-            return ""
-        if text.endswith("\ufffd") and not final and waiting < _UTF8_HOLD_TOKENS:
-            return ""
-        self._prefix_offset, self._read_offset = self._read_offset, len(self._ids)
-        return text[len(emitted) :]
-
-    def _decode(self, ids: list[int]) -> str:
-        return self._tokenizer.decode(ids, skip_special_tokens=True) if ids else ""
+    return windows

@@ -87,15 +87,24 @@ def choose_backend(model_format: str, *requested: str | None) -> str:
 
 
 class ModelCache:
-    """Loaded models of this process, least recently used first out when the memory budget is exceeded."""
+    """Loaded models of this process, least recently used first out when the memory budget is exceeded. A model
+    that `is_busy` (sequences in its scheduler) is never evicted; `on_evict` hears of each one that is."""
 
-    def __init__(self, memory_budget_bytes: int):
+    def __init__(self, memory_budget_bytes: int, *, is_busy: Callable[[LoadedModel], bool] | None = None,
+                 on_evict: Callable[[LoadedModel], None] | None = None):
         self.memory_budget_bytes = memory_budget_bytes
+        self.is_busy = is_busy or (lambda _model: False)
+        self.on_evict = on_evict or (lambda _model: None)
         self._models: OrderedDict[tuple, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
 
+    @staticmethod
+    def key(backend_name: str, spec: ModelSpec) -> tuple:
+        return (backend_name, spec.path, spec.n_ctx, spec.n_gpu_layers, spec.n_threads, spec.chat_template,
+                spec.n_slots, spec.kv_tokens)
+
     def get(self, backend_name: str, spec: ModelSpec, load: Callable[[], LoadedModel] | None = None) -> LoadedModel:
-        key = (backend_name, spec.path, spec.n_ctx, spec.n_gpu_layers, spec.n_threads, spec.chat_template)
+        key = self.key(backend_name, spec)
         with self._lock:
             if key in self._models:
                 self._models.move_to_end(key)
@@ -106,11 +115,15 @@ class ModelCache:
             return model
 
     def _evict_over_budget(self, keep: tuple) -> None:
-        while self.used_bytes() > self.memory_budget_bytes and len(self._models) > 1:
-            oldest = next(iter(self._models))
-            if oldest == keep:
-                break
-            self._models.pop(oldest).close()
+        for key in list(self._models):
+            if self.used_bytes() <= self.memory_budget_bytes:
+                return
+            model = self._models[key]
+            if key == keep or self.is_busy(model):
+                continue
+            del self._models[key]
+            self.on_evict(model)
+            model.close()
 
     def used_bytes(self) -> int:
         return sum(m.memory_bytes for m in self._models.values())
@@ -118,7 +131,12 @@ class ModelCache:
     def loaded_keys(self) -> list[tuple[str, str]]:
         return [(key[0], key[1]) for key in self._models]
 
+    def loaded_models(self) -> list[LoadedModel]:
+        return list(self._models.values())
+
     def clear(self) -> None:
         with self._lock:
             while self._models:
-                self._models.popitem()[1].close()
+                model = self._models.popitem()[1]
+                self.on_evict(model)
+                model.close()

@@ -35,6 +35,11 @@ DEFAULT_CHUNK_TOKENS = 512
 MIN_SAVED_TOKENS = 32  # a slot's cache shorter than this is not worth copying to host memory
 
 
+def _held(result: int | None, asked: int) -> int:
+    """What a slot operation says the slot holds (None: what was asked)."""
+    return asked if result is None else result
+
+
 def common_prefix(a: Tokens[int], b: Tokens[int]) -> int:
     n = min(len(a), len(b))
     for i in range(n):
@@ -132,6 +137,7 @@ class Scheduler:
         self._waiting: OrderedDict[str, deque[Sequence]] = OrderedDict()  # user -> their sequences, in order
         self._running: dict[str, Sequence] = {}
         self.steps = 0
+        self.peak_batch = 0
 
     # -- the queue ---------------------------------------------------------------------------------
 
@@ -225,6 +231,7 @@ class Scheduler:
                 continue
             break
         self.steps += 1
+        self.peak_batch = max(self.peak_batch, len(work))
         outputs = []
         by_slot = {s.slot: s for s in sampled}
         for item, sequence in zip(work, members, strict=True):
@@ -262,40 +269,60 @@ class Scheduler:
         return [i for i, slot in enumerate(self._slots) if slot.sequence is None]
 
     def _admit(self) -> None:
+        deferred = []
         while self.waiting:
             free = self._free_slots()
             if not free:
-                return
+                break
             sequence = self._next_waiting()
+            if self._shares_a_prompt_being_read(sequence):
+                deferred.append(sequence)  # next step, it copies that prefix instead of reading it again
+                continue
             self._place(sequence, free)
+        for sequence in reversed(deferred):
+            self._requeue_first(sequence)
+
+    def _shares_a_prompt_being_read(self, sequence: Sequence) -> bool:
+        """Whether a running sequence is still reading a prompt that shares a long prefix with this one (the
+        other choices of an n > 1 request, or the same long system prompt)."""
+        for running in self._running.values():
+            if running.prefilling and common_prefix(running.tokens, sequence.tokens) >= MIN_SAVED_TOKENS:
+                return True
+        return False
 
     def _place(self, sequence: Sequence, free: list[int]) -> None:
         """Put a sequence in the free slot that serves it best, reusing the longest cached prefix."""
         usable = len(sequence.tokens) - 1  # at least one token is computed anew, to sample from
-        best_free = max(free, key=lambda i: (common_prefix(self._slots[i].tokens, sequence.tokens),
-                                             self._slots[i].last_used))
-        reuse = min(common_prefix(self._slots[best_free].tokens, sequence.tokens), usable)
-        target = best_free
-        if reuse < MIN_SAVED_TOKENS:  # nothing worth keeping here: take the least recently used free slot
-            target = min(free, key=lambda i: (len(self._slots[i].tokens) > 0, self._slots[i].last_used))
-            reuse = min(common_prefix(self._slots[target].tokens, sequence.tokens), usable)
+
+        def reuse_of(index: int) -> int:
+            return min(common_prefix(self._slots[index].tokens, sequence.tokens), usable)
+
+        def choice(index: int) -> tuple:
+            """A slot's prefix is worth reusing when it keeps at least as much as it discards (or a long run);
+            else an empty slot is best, then the least recently used."""
+            reuse, held = reuse_of(index), len(self._slots[index].tokens)
+            gain = reuse if reuse >= held - reuse or reuse >= MIN_SAVED_TOKENS else 0
+            return gain, -(held - reuse), -self._slots[index].last_used
+
+        target = max(free, key=choice)
+        reuse = reuse_of(target) if choice(target)[0] else 0
         copy_source, copy_length = self._best_running_prefix(sequence.tokens)
         stored_key, stored_length = self.prefix_store.best(sequence.tokens)
         copy_length, stored_length = min(copy_length, usable), min(stored_length, usable)
         if max(copy_length, stored_length) > reuse:
+            # Taken before the slot's own cache is saved: saving it may drop the stored entry (a prefix of it).
+            saved = self.prefix_store.take(stored_key) if stored_length > copy_length else None
             self._save_if_worth(target, keep=0)
-            if copy_length >= stored_length:
-                self.model.kv_copy(copy_source, target, copy_length)
-                self._slots[target].tokens = list(sequence.tokens[:copy_length])
-                reuse = copy_length
+            if saved is None:
+                reuse = _held(self.model.kv_copy(copy_source, target, copy_length), copy_length)
+                self._slots[target].tokens = list(sequence.tokens[:reuse])
             else:
-                saved = self.prefix_store.take(stored_key)
-                self.model.kv_restore(target, saved)
-                self._slots[target].tokens = list(stored_key[: saved.n_tokens])
-                reuse = stored_length
+                held = _held(self.model.kv_restore(target, saved), saved.n_tokens)
+                self._slots[target].tokens = list(stored_key[:held])
+                reuse = min(stored_length, held)
         else:
             self._save_if_worth(target, keep=reuse)
-        self.model.kv_trim(target, reuse)
+        reuse = _held(self.model.kv_trim(target, reuse), reuse)
         slot = self._slots[target]
         del slot.tokens[reuse:]
         slot.sequence = sequence
@@ -324,7 +351,9 @@ class Scheduler:
         key, length = self.prefix_store.best(tokens)
         if length >= len(tokens):
             return  # already stored
-        self.prefix_store.put(tokens, self.model.kv_save(slot_index, len(tokens)))
+        saved = self.model.kv_save(slot_index, len(tokens))
+        if saved.n_tokens:
+            self.prefix_store.put(tokens, saved)
 
     def _free_room(self) -> bool:
         """Make room in a full KV cache: empty the least recently used cached slot (saved to host memory
@@ -352,6 +381,7 @@ class Scheduler:
     def stats(self) -> dict[str, Any]:
         return {
             "slots": self.n_slots,
+            "peak_batch": self.peak_batch,  # the most sequences one step has run together
             "running": self.running,
             "waiting": self.waiting,
             "cached_slots": sum(1 for s in self._slots if s.sequence is None and s.tokens),

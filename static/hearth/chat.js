@@ -164,10 +164,25 @@
     setBusy(true);
   }
 
+  function onQueue(jobId, position) {
+    const reply = replies.get(jobId);
+    if (!reply || reply.index > 0) return; // it has started
+    let note = reply.node.querySelector(".queue-note");
+    if (!note) {
+      note = document.createElement("div");
+      note.className = "queue-note muted";
+      note.setAttribute("role", "status");
+      reply.node.prepend(note);
+    }
+    note.textContent = position === 1 ? "Next in line…" : `Waiting in line: ${position - 1} ahead…`;
+  }
+
   function onEvent(jobId, index, event) {
     const reply = replies.get(jobId);
     if (!reply || index <= reply.index) return; // already shown: never duplicate
     reply.index = index;
+    const queueNote = reply.node.querySelector(".queue-note");
+    if (queueNote) queueNote.remove();
     if (event.kind === "started" && event.dropped_messages && !reply.node.querySelector(".context-note")) {
       const note = document.createElement("div");
       note.className = "context-note";
@@ -242,6 +257,7 @@
     socket.onmessage = (message) => {
       const data = JSON.parse(message.data);
       if (data.type === "event") onEvent(data.job, data.index, data.event);
+      else if (data.type === "queue") onQueue(data.job, data.position);
       else if (data.type === "accepted") onAccepted(data);
       else if (data.type === "error") {
         if (pending) {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -45,3 +46,14 @@ def log_in(page, server, username="admin", password=None):
     page.fill("input[name=password]", password or ADMIN_PASSWORD)
     page.click("button[type=submit]")
     page.wait_for_url(f"{server.base_url}/")
+
+
+def wait_for_js(page, expression: str, timeout: float = 60) -> None:
+    """Wait until a JavaScript expression is true. Polls with page.evaluate, which runs outside the page's
+    Content-Security-Policy; Playwright's wait_for_function compiles its predicate inside the page, which the
+    policy (script-src 'self', no 'unsafe-eval') forbids."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still false after {timeout} s: {expression}")
+        page.wait_for_timeout(100)

@@ -9,7 +9,7 @@ import sqlite3
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import SCREENSHOTS, log_in
+from tests.browser.conftest import SCREENSHOTS, log_in, wait_for_js
 
 pytestmark = pytest.mark.browser
 
@@ -131,8 +131,8 @@ def start_long_reply(page, server, text: str):
     page.fill("#prompt", text)
     page.keyboard.press("Enter")
     expect(page).to_have_url(re.compile(r"/c/\d+/$"), timeout=30_000)
-    page.wait_for_function("(document.querySelector('.message.assistant:last-child')._raw || '').length > 5",
-                           timeout=120_000)
+    wait_for_js(page, "(document.querySelector('.message.assistant:last-child')._raw || '').length > 5",
+                timeout=120)
 
 
 def test_a_dropped_websocket_resumes_the_reply_with_no_gap_and_no_duplicate(page, embedded_server):
@@ -141,8 +141,7 @@ def test_a_dropped_websocket_resumes_the_reply_with_no_gap_and_no_duplicate(page
     expect(page.locator("#status")).to_have_text(re.compile("Connection lost|Reconnected"))
     expect(page.locator("#status")).to_have_text("Reconnected.", timeout=15_000)
     length = page.evaluate("document.querySelector('.message.assistant:last-child')._raw.length")
-    page.wait_for_function(
-        f"document.querySelector('.message.assistant:last-child')._raw.length > {length + 5}", timeout=60_000)
+    wait_for_js(page, f"document.querySelector('.message.assistant:last-child')._raw.length > {length + 5}")
     page.click("#stop")
     expect(page.locator(".message.assistant .stats").last).to_contain_text("stopped", timeout=30_000)
     shown = page.evaluate("document.querySelector('.message.assistant:last-child')._raw")
@@ -156,8 +155,7 @@ def test_a_reload_during_generation_shows_the_reply_still_streaming(page, embedd
     start_long_reply(page, embedded_server, "Write a long poem about the sea.")
     page.reload()
     expect(page.locator("#stop")).to_be_visible()
-    page.wait_for_function("(document.querySelector('.message.assistant:last-child')._raw || '').length > 20",
-                           timeout=60_000)
+    wait_for_js(page, "(document.querySelector('.message.assistant:last-child')._raw || '').length > 20")
     page.click("#stop")
     expect(page.locator(".message.assistant .stats").last).to_contain_text("stopped", timeout=30_000)
     shown = page.evaluate("document.querySelector('.message.assistant:last-child')._raw")

@@ -15,18 +15,18 @@ def test_it_answers_n_chat_choices_each_a_sample_of_its_own(embedded_server):
     completion = client.chat.completions.create(n=3, **arguments)
     assert [c.index for c in completion.choices] == [0, 1, 2]
     texts = [c.message.content for c in completion.choices]
-    assert len(set(texts)) > 1
+    assert len(set(texts)) > 1  # choice i samples with seed + i
     assert completion.usage.completion_tokens == 30
     single = client.chat.completions.create(**arguments)
-    assert texts[0] == single.choices[0].message.content  # choice 0 samples with the request's seed
     assert completion.usage.prompt_tokens == 3 * single.usage.prompt_tokens
-    again = client.chat.completions.create(n=3, **arguments)
-    assert [c.message.content for c in again.choices] == texts  # reproducible with a seed
+    # (The same seed is not promised the same text here: decoded beside other sequences, a batch's floating-point
+    # sums differ in the last digits, which can change a sampled token; docs/api.md says so.)
 
 
 def test_it_streams_n_chat_choices_with_their_indexes(embedded_server):
     client = openai_client(embedded_server)
-    arguments = {"model": "tiny", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 10, **SAMPLED}
+    arguments = {"model": "tiny", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 10,
+                 "temperature": 0}
     whole = client.chat.completions.create(n=2, **arguments)
     chunks = list(client.chat.completions.create(n=2, stream=True, stream_options={"include_usage": True},
                                                  **arguments))

@@ -29,18 +29,20 @@ def job(owner, status="queued", **fields):
 
 def test_queued_jobs_show_their_place_in_the_whole_line_and_members_see_only_theirs(client, people):
     job(people["ben"])
+    job(people["ben"])
     mine = job(people["ann"])
     job(people["ann"], status="succeeded", completion_tokens=42, prompt_tokens=7, tokens_per_second=12.5,
         time_to_first_token=0.25, finished_at=timezone.now())
     job(people["ben"], status="running", started_at=timezone.now() - timedelta(seconds=5))
     client.force_login(people["ann"])
     html = client.get("/jobs/").content.decode()
-    assert f'data-job="{mine.id}"' in html and "#2" in html  # ben's job is first in line
+    # Users take turns: ben already has a job running, so ann's comes before both of his queued ones.
+    assert f'data-job="{mine.id}"' in html and "#1" in html
     assert "7 + 42" in html and "250 ms" in html and "12.5 tok/s" in html
     assert "Nothing running." in html  # ben's running job is not ann's to see
     assert html.count("data-job=") == 2
     client.force_login(people["admin"])
-    assert client.get("/jobs/?partial=1").content.decode().count("data-job=") == 4
+    assert client.get("/jobs/?partial=1").content.decode().count("data-job=") == 5
 
 
 def test_owners_and_admins_cancel_a_job_and_others_get_404(client, people):

@@ -18,7 +18,8 @@ async def read_stream(job_events: list[dict]) -> list[str]:
     relay = get_relay()
     assert isinstance(relay, InProcessRelay)
     job_id = str(uuid.uuid4())
-    publisher = relay.publisher(job_id)
+    relay.claim(job_id, "test-worker")
+    publisher = relay.publisher(job_id, "test-worker")
     for event in job_events:
         publisher.publish(event)
     events = JobEvents(job_id)

@@ -10,10 +10,10 @@ from inference.engine.registry import weights_bytes
 
 @pytest.mark.parametrize(("backend", "needs", "missing"), [
     ("llamacpp", {"logprobs", "structured_output", "embeddings"}, []),
-    ("llamacpp", {"sampling:repeat_last_n", "sampling:top_k"}, ["sampling:repeat_last_n"]),
+    ("llamacpp", {"sampling:repeat_last_n", "sampling:top_k", "batching"}, []),
     ("torch", {"logprobs", "sampling:repeat_last_n"}, ["logprobs"]),
-    ("torch", {"embeddings", "structured_output", "tools"}, ["embeddings", "structured_output"]),
-    ("mlx", {"tools", "sampling:seed"}, []),
+    ("torch", {"embeddings", "structured_output"}, ["embeddings", "structured_output"]),
+    ("mlx", {"batching", "sampling:seed"}, []),
     ("mlx", {"logprobs"}, ["logprobs"]),
 ])
 def test_each_backend_says_which_needs_it_cannot_honour(backend, needs, missing):

@@ -11,12 +11,10 @@ import transformers  # noqa: F401  (the reference these tests compare against)
 
 from inference.engine.base import ModelRefused
 from inference.engine.convert import convert_hf_to_gguf
-from inference.engine.sampling import SamplingParams
-from inference.engine.torch.generate import generate_batch
 from inference.engine.torch.gguf_loader import load_gguf_model
 from inference.engine.torch.loader import load_hf_model
 from inference.engine.torch.models.layers import ForwardStep, KVCache
-from tests.unit.torch_models import CONVERTIBLE, PROMPT_IDS, STEPS, build_tiny_model
+from tests.unit.torch_models import CONVERTIBLE, PROMPT_IDS, STEPS, build_tiny_model, our_greedy_tokens
 
 GGML_TYPE_F32 = 0
 
@@ -28,13 +26,6 @@ def converted(request, tmp_path_factory):
     fractions = []
     path = convert_hf_to_gguf(directory, root / "model-f32.gguf", "f32", fractions.append)
     return directory, path, fractions
-
-
-def our_greedy_tokens(weights) -> list[int]:
-    args = weights.args
-    cache = KVCache(args.n_layers, 1, args.n_kv_heads, 64, args.head_dim, dtype=weights.dtype)
-    return generate_batch(weights.model, cache, [PROMPT_IDS], params=SamplingParams(temperature=0),
-                          max_new_tokens=STEPS)[0]
 
 
 def last_logits(llm) -> np.ndarray:
@@ -59,7 +50,7 @@ def llama_cpp_greedy_tokens(path) -> list[int]:
 
 def test_llama_cpp_gives_the_same_greedy_tokens_as_our_engine(converted):
     directory, path, fractions = converted
-    ours = our_greedy_tokens(load_hf_model(directory, device="cpu", dtype="float32"))
+    ours = our_greedy_tokens(load_hf_model(directory, device="cpu", dtype="float32"), PROMPT_IDS, STEPS)
     assert llama_cpp_greedy_tokens(path) == ours
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
 

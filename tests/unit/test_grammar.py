@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import re
+
 import pytest
 
 from inference.engine.base import GenerationRequest, InvalidRequest, ModelSpec
@@ -19,6 +20,7 @@ from inference.engine.grammar import (
 )
 from inference.engine.llamacpp import LlamaCppBackend
 from inference.engine.sampling import SamplingParams
+from tests.unit.batch_runs import Run, run_one, run_requests
 
 jsonschema_rs = pytest.importorskip("jsonschema_rs", reason="installed with schemathesis (the dev extra)")
 
@@ -26,18 +28,20 @@ jsonschema_rs = pytest.importorskip("jsonschema_rs", reason="installed with sche
 @pytest.fixture(scope="module")
 def model(tiny_gguf):
     loaded = LlamaCppBackend().load(ModelSpec(path=str(tiny_gguf), format="gguf", n_ctx=512, n_gpu_layers=0,
-                                              n_threads=1))
+                                              n_threads=1, n_slots=4))
     yield loaded
     loaded.close()
 
 
-def run(model, structure: dict | None = None, *, seed: int = 0, logprobs: int | None = None, max_tokens: int = 200,
-        temperature: float = 1.0):
-    request = GenerationRequest(prompt="Answer in JSON:", max_tokens=max_tokens, structure=structure,
-                                logprobs=logprobs, sampling=SamplingParams(temperature=temperature, seed=seed))
-    events = list(model.generate(request))
-    text = "".join(e.text for e in events if e.kind == "token")
-    return text, events[-1].finish_reason, events
+def request_for(structure: dict | None = None, *, seed: int = 0, logprobs: int | None = None,
+                max_tokens: int = 200, temperature: float = 1.0) -> GenerationRequest:
+    return GenerationRequest(prompt="Answer in JSON:", max_tokens=max_tokens, structure=structure,
+                             logprobs=logprobs, sampling=SamplingParams(temperature=temperature, seed=seed))
+
+
+def run_seeds(model, structure: dict | None, seeds, **options) -> list[Run]:
+    """One request per seed, all decoded together (four at a time)."""
+    return run_requests(model, [request_for(structure, seed=seed, **options) for seed in seeds])
 
 
 PERSON = {
@@ -64,26 +68,33 @@ def test_every_output_that_stops_is_valid_for_the_schema(model):
     grammar = structure_for_response_format({"type": "json_schema", "json_schema": {"schema": PERSON}})
     validator = jsonschema_rs.Draft202012Validator(PERSON)
     stopped = 0
-    for seed in range(24):
-        text, finish, _ = run(model, grammar, seed=seed)
-        if finish == "stop" and well_formed(text):
+    for seed, run in enumerate(run_seeds(model, grammar, range(24))):
+        if run.finish_reason == "stop" and well_formed(run.text):
             stopped += 1
-            value = json.loads(text)
-            assert validator.is_valid(value), (seed, text)
+            value = json.loads(run.text)
+            assert validator.is_valid(value), (seed, run.text)
             assert len(value["name"]) <= 8 and len(value.get("tags", [])) <= 3
     assert stopped >= 8, f"only {stopped} of 24 outputs finished well-formed"
 
 
+def test_an_output_that_runs_out_of_tokens_is_still_a_prefix_the_grammar_allows(model):
+    grammar = structure_for_response_format({"type": "json_schema", "json_schema": {"schema": PERSON}})
+    for run in run_seeds(model, grammar, range(8), max_tokens=6):
+        assert run.finish_reason in ("length", "stop")
+        assert run.text.startswith("{"), run.text
+
+
 @pytest.mark.slow
 def test_every_output_of_a_real_model_that_stops_is_valid_for_the_schema(demo_gguf):
-    demo = LlamaCppBackend().load(ModelSpec(path=str(demo_gguf), format="gguf", n_ctx=512, n_gpu_layers=0))
+    demo = LlamaCppBackend().load(ModelSpec(path=str(demo_gguf), format="gguf", n_ctx=512, n_gpu_layers=0,
+                                            n_slots=6))
     grammar = structure_for_response_format({"type": "json_schema", "json_schema": {"schema": PERSON}})
     validator = jsonschema_rs.Draft202012Validator(PERSON)
     try:
-        outputs = [run(demo, grammar, seed=seed, max_tokens=60) for seed in range(6)]
+        runs = run_seeds(demo, grammar, range(6), max_tokens=60)
     finally:
         demo.close()
-    stopped = [text for text, finish, _ in outputs if finish == "stop"]
+    stopped = [run.text for run in runs if run.finish_reason == "stop"]
     assert len(stopped) >= 3
     for text in stopped:
         assert validator.is_valid(json.loads(text)), text
@@ -91,8 +102,7 @@ def test_every_output_of_a_real_model_that_stops_is_valid_for_the_schema(demo_gg
 
 def test_json_object_mode_gives_a_json_object(model):
     grammar = structure_for_response_format({"type": "json_object"})
-    results = [run(model, grammar, seed=seed) for seed in range(8)]
-    finished = [text for text, finish, _ in results if finish == "stop"]
+    finished = [run.text for run in run_seeds(model, grammar, range(8)) if run.finish_reason == "stop"]
     assert finished
     assert all(isinstance(json.loads(text), dict) for text in finished)
 
@@ -107,14 +117,34 @@ def test_a_required_tool_call_is_a_valid_call_of_the_named_function(model):
     grammar = structure_for_tools(tools, named, parallel=True)
     validator = jsonschema_rs.Draft202012Validator(tool_call_schema(tools, named))
     finished = 0
-    for seed in range(8):
-        text, finish, _ = run(model, grammar, seed=seed)
-        if finish == "stop" and well_formed(text):
+    for run in run_seeds(model, grammar, range(8)):
+        if run.finish_reason == "stop" and well_formed(run.text):
             finished += 1
-            calls = re.findall(r"<tool_call>\n(.*?)\n</tool_call>", text, re.S)
-            assert calls and all(validator.is_valid(json.loads(c)) for c in calls), text
+            calls = re.findall(r"<tool_call>\n(.*?)\n</tool_call>", run.text, re.S)
+            assert calls and all(validator.is_valid(json.loads(c)) for c in calls), run.text
             assert all(json.loads(c)["name"] == "get_weather" for c in calls)
     assert finished
+
+
+def test_a_resumed_sequence_continues_its_grammar_from_the_output_already_sent(model):
+    """A job taken over by another worker re-reads prompt + sent output; the grammar must be advanced through
+    the sent part only, so the continuation still completes the same JSON value."""
+    from inference.engine.batch import SlotWork
+
+    grammar = structure_for_response_format({"type": "json_schema", "json_schema": {"schema": PERSON}})
+    request = request_for(grammar, temperature=0, max_tokens=200)
+    whole = run_one(model, request)
+    assert whole.finish_reason == "stop"
+    prompt = model.tokenize(model.render_prompt(request))
+    sent = whole.ids[:5]
+    history = prompt + sent
+    sampler = model.sampler(request, history, len(prompt))
+    model.kv_trim(0, 0)
+    out = [model.decode([SlotWork(0, history, 0, True, sampler)])[0].token]
+    while out[-1] not in model.eog_ids:
+        out.append(model.decode([SlotWork(0, [out[-1]], len(history) + len(out) - 1, True, sampler)])[0].token)
+    sampler.close()
+    assert sent + out == whole.ids
 
 
 def test_it_refuses_a_schema_it_cannot_turn_into_a_grammar():
@@ -128,10 +158,13 @@ def test_it_refuses_a_schema_it_cannot_turn_into_a_grammar():
 
 
 def test_it_reports_the_sampled_tokens_log_probabilities_and_the_top_alternatives(model):
-    text, _, events = run(model, seed=3, logprobs=3, max_tokens=12, temperature=0)
-    entries = [entry for e in events if e.kind == "token" for entry in e.logprobs]
+    never_end = {2: -100, 260: -100}  # the tiny vocabulary's </s> and <|im_end|>
+    request = GenerationRequest(prompt="Answer in JSON:", max_tokens=12, logprobs=3,
+                                sampling=SamplingParams(temperature=0, logit_bias=never_end))
+    run = run_one(model, request)
+    entries = run.logprobs
     assert len(entries) == 12
-    assert "".join(entry["token"] for entry in entries) == text or not text.isascii()
+    assert "".join(entry["token"] for entry in entries) == run.text or not run.text.isascii()
     for entry in entries:
         assert entry["logprob"] <= 0 and len(entry["top_logprobs"]) == 3
         alternatives = [alt["logprob"] for alt in entry["top_logprobs"]]
@@ -143,7 +176,24 @@ def test_it_reports_the_sampled_tokens_log_probabilities_and_the_top_alternative
         assert bytes(entry["bytes"]).decode("utf-8", errors="replace") == entry["token"]
 
 
+def test_log_probabilities_are_the_models_own_not_the_samplers(model):
+    """A banned token keeps its log probability among the alternatives: they are read before the bias."""
+    plain = run_one(model, request_for(temperature=0, max_tokens=1, logprobs=2))
+    best = plain.ids[0]
+    banned = GenerationRequest(prompt="Answer in JSON:", max_tokens=1, logprobs=2,
+                               sampling=SamplingParams(temperature=0, logit_bias={best: -100}))
+    run = run_one(model, banned)
+    assert run.ids[0] != best
+    assert run.logprobs[0]["top_logprobs"] == plain.logprobs[0]["top_logprobs"]
+
+
+def test_zero_alternatives_gives_the_sampled_token_alone(model):
+    run = run_one(model, request_for(temperature=0, max_tokens=4, logprobs=0))
+    assert run.logprobs and all(entry["top_logprobs"] == [] for entry in run.logprobs)
+    assert run_one(model, request_for(temperature=0, max_tokens=4)).logprobs == []
+
+
 def test_logprobs_do_not_change_what_is_generated(model):
-    plain, _, _ = run(model, seed=5, max_tokens=20)
-    with_logprobs, _, _ = run(model, seed=5, max_tokens=20, logprobs=5)
-    assert plain == with_logprobs
+    plain = run_seeds(model, None, range(4), max_tokens=20)
+    with_logprobs = run_seeds(model, None, range(4), max_tokens=20, logprobs=5)
+    assert [r.ids for r in plain] == [r.ids for r in with_logprobs]

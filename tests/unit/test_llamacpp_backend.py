@@ -1,12 +1,18 @@
-"""The llama.cpp backend on tiny real GGUF models: prompts, limits, stopping, and settings that reach llama.cpp."""
+"""The llama.cpp backend on tiny real GGUF models: loading, prompts and tokens, the slots' KV cache (sliding
+windows included), and requests run end to end through the scheduler and the output processor.
+
+The contract every backend shares (batched = one at a time, trim, copy, save, seeds, bans) is in
+test_batch_models.py; grammars and log probabilities in test_grammar.py."""
 
 from __future__ import annotations
 
 import pytest
 
-from inference.engine.base import ContextLengthExceeded, GenerationRequest, ModelSpec
+from inference.engine.base import BackendUnavailable, GenerationRequest, ModelSpec
+from inference.engine.batch import KVCacheFull, SlotWork
 from inference.engine.llamacpp import LlamaCppBackend
 from inference.engine.sampling import SamplingParams
+from inference.engine.scheduler import Scheduler
 from tests.factories import (
     CHATML,
     TINY_GGUF_BOS_ID,
@@ -15,8 +21,10 @@ from tests.factories import (
     TINY_GGUF_IM_START_ID,
     build_tiny_gguf,
 )
+from tests.unit.batch_runs import run_one, run_requests
 
 GREEDY = SamplingParams(temperature=0)
+NEVER_END = SamplingParams(temperature=0, logit_bias={TINY_GGUF_EOS_ID: -100, TINY_GGUF_IM_END_ID: -100})
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +34,7 @@ def gguf_path(tmp_path_factory):
 
 
 def load(path, **overrides):
-    spec = dict(path=str(path), format="gguf", architecture="llama", n_ctx=256, n_threads=1,
+    spec = dict(path=str(path), format="gguf", architecture="llama", n_ctx=256, n_threads=1, n_slots=4,
                 chat_template=CHATML)
     spec.update(overrides)
     return LlamaCppBackend().load(ModelSpec(**spec))
@@ -39,98 +47,90 @@ def model(gguf_path):
     loaded.close()
 
 
-def run(model, request, should_stop=lambda: False):
-    return list(model.generate(request, should_stop=should_stop))
+def greedy_tokens(model, prompt: list[int], n: int, slot: int = 0) -> list[int]:
+    request = GenerationRequest(prompt="", sampling=NEVER_END)
+    model.kv_trim(slot, 0)
+    sampler = model.sampler(request, prompt, len(prompt))
+    out = [model.decode([SlotWork(slot, prompt, 0, True, sampler)])[0].token]
+    while len(out) < n:
+        out.append(model.decode([SlotWork(slot, [out[-1]], len(prompt) + len(out) - 1, True, sampler)])[0].token)
+    sampler.close()
+    return out
+
+
+# -- loading ---------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("layers", "llama_cpp_sees"), [(0, 0), (7, 7), (-1, 2**31 - 1)])  # -1: every layer
 def test_it_passes_the_number_of_gpu_layers_to_llama_cpp(gguf_path, layers, llama_cpp_sees):
     loaded = load(gguf_path, n_gpu_layers=layers)
     try:
-        assert loaded.llm.model_params.n_gpu_layers == llama_cpp_sees
+        assert loaded.model_params.n_gpu_layers == llama_cpp_sees
     finally:
         loaded.close()
 
 
-def test_it_parses_special_tokens_and_adds_exactly_one_bos(model):
-    request = GenerationRequest(messages=[{"role": "user", "content": "hi"}])
-    assert model.render_prompt(request).startswith("<|im_start|>user\nhi<|im_end|>")
-    tokens = model.tokenize_prompt(request)
-    assert tokens[:2] == [TINY_GGUF_BOS_ID, TINY_GGUF_IM_START_ID]
-    assert tokens.count(TINY_GGUF_BOS_ID) == 1
+def test_it_makes_one_context_whose_unified_cache_all_slots_share(model):
+    params = model.context_params
+    assert (model.n_slots, model.n_ctx, model.kv_capacity) == (4, 256, 4 * 256)
+    assert params.kv_unified and params.n_seq_max == model.n_slots + 1  # and a scratch sequence for saves
+    assert params.n_batch >= model.kv_capacity  # any batch that fits the cache is one llama_decode
+    assert params.n_ubatch == 512 + model.n_slots  # a prompt chunk and one token per slot
+    assert params.n_threads == params.n_threads_batch == 1
 
 
-def test_it_adds_no_second_bos_when_the_template_writes_one(gguf_path):
-    loaded = load(gguf_path, chat_template="{{ bos_token }}{% for m in messages %}{{ m.content }}{% endfor %}")
+def test_kv_tokens_sets_the_cells_the_slots_share(gguf_path):
+    loaded = load(gguf_path, kv_tokens=300)
     try:
-        tokens = loaded.tokenize_prompt(GenerationRequest(messages=[{"role": "user", "content": "hi"}]))
-        assert tokens.count(TINY_GGUF_BOS_ID) == 1 and tokens[0] == TINY_GGUF_BOS_ID
+        assert loaded.kv_capacity == 300 and loaded.n_ctx == 256
     finally:
         loaded.close()
 
 
-def test_it_streams_started_tokens_then_done_with_counts(model):
-    events = run(model, GenerationRequest(prompt="the", sampling=GREEDY, max_tokens=8))
-    assert [e.kind for e in events][:1] == ["started"] and events[-1].kind == "done"
-    assert events[-1].finish_reason == "length"
-    assert events[-1].completion_tokens == 8
-    assert events[-1].prompt_tokens == events[0].prompt_tokens > 0
+def test_a_context_longer_than_the_model_was_trained_for_is_cut_to_it(gguf_path):
+    loaded = load(gguf_path, n_ctx=4096, n_slots=2)
+    try:
+        assert loaded.n_ctx == 256 and loaded.kv_capacity == 512
+    finally:
+        loaded.close()
 
 
-def test_it_refuses_a_prompt_that_does_not_fit(model):
-    with pytest.raises(ContextLengthExceeded, match="256"):
-        run(model, GenerationRequest(prompt="the " * 400, max_tokens=4))
+def test_the_f32_kv_cache_option_reaches_llama_cpp_and_the_memory_estimate(gguf_path, model):
+    loaded = load(gguf_path, options={"f32_kv_cache": True})
+    try:
+        assert loaded.context_params.type_k == loaded.context_params.type_v == 0  # GGML_TYPE_F32
+        assert loaded.memory_bytes > model.memory_bytes
+    finally:
+        loaded.close()
 
 
-def test_it_stops_with_length_when_the_context_is_full(model):
-    never_end = SamplingParams(temperature=0, logit_bias={TINY_GGUF_EOS_ID: -100, TINY_GGUF_IM_END_ID: -100})
-    done = run(model, GenerationRequest(prompt="the " * 100, sampling=never_end))[-1]
-    assert done.finish_reason == "length"
-    assert done.prompt_tokens + done.completion_tokens == 256
+def test_it_counts_weights_and_kv_cache_in_its_memory(gguf_path, model):
+    one_slot = load(gguf_path, n_slots=1)
+    try:
+        assert model.memory_bytes > one_slot.memory_bytes > gguf_path.stat().st_size
+    finally:
+        one_slot.close()
 
 
-def test_it_leaves_out_the_oldest_turns_of_a_long_chat_but_keeps_the_system_prompt(model):
-    messages = [{"role": "system", "content": "You are terse."}]
-    for turn in range(12):
-        messages += [{"role": "user", "content": f"question {turn} " + "the " * 20},
-                     {"role": "assistant", "content": "answer " * 10}]
-    messages.append({"role": "user", "content": "last question"})
-    request = GenerationRequest(messages=messages, sampling=GREEDY, max_tokens=4, fit_history=True)
-    events = run(model, request)
-    assert events[0].dropped_messages > 0
-    assert events[0].prompt_tokens <= 256 - 64
-    assert events[-1].finish_reason == "length"
+def test_a_file_llama_cpp_cannot_load_is_reported_with_what_to_do(tmp_path):
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 64)
+    with pytest.raises(BackendUnavailable, match=r"could not load broken\.gguf .*smaller quantization"):
+        load(broken)
 
 
-def test_it_stops_within_one_token_when_asked(model):
-    seen = []
-
-    def should_stop():
-        return len(seen) >= 3
-
-    for event in model.generate(GenerationRequest(prompt="the", sampling=GREEDY, max_tokens=100), should_stop):
-        if event.kind == "token":
-            seen.append(event)
-        last = event
-    assert last.finish_reason == "cancelled"
-    assert last.completion_tokens <= 4
+def test_it_runs_only_gguf_files(gguf_path):
+    with pytest.raises(BackendUnavailable, match="Convert it to GGUF"):
+        load(gguf_path, format="hf-safetensors")
 
 
-def test_it_gives_the_same_text_for_the_same_seed(model):
-    sampled = GenerationRequest(prompt="once", sampling=SamplingParams(temperature=1.0, seed=99), max_tokens=16)
-
-    def text():
-        return "".join(e.text for e in run(model, sampled))
-
-    assert text() == text()
-
-
-def test_it_bans_a_token_with_logit_bias(model):
-    greedy = run(model, GenerationRequest(prompt="the", sampling=GREEDY, max_tokens=1))
-    first = next(e.token_id for e in greedy if e.kind == "token")
-    banned = run(model, GenerationRequest(prompt="the", max_tokens=1,
-                                          sampling=SamplingParams(temperature=0, logit_bias={first: -100})))
-    assert all(e.token_id != first for e in banned if e.kind == "token")
+def test_closing_twice_is_safe_and_closes_the_samplers_still_open(gguf_path):
+    loaded = load(gguf_path)
+    sampler = loaded.sampler(GenerationRequest(prompt="", sampling=GREEDY), [1], 1)
+    loaded.close()
+    assert sampler.chain == 0
+    loaded.close()
+    sampler.close()
 
 
 def test_a_broken_llama_cpp_install_is_reported_unavailable_not_raised(tmp_path):
@@ -144,3 +144,210 @@ def test_a_broken_llama_cpp_install_is_reported_unavailable_not_raised(tmp_path)
                             env={"PYTHONPATH": f"{tmp_path}:.", "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr
     assert "fails to import (SyntaxError" in result.stdout
+
+
+# -- text and tokens -----------------------------------------------------------------------------------------
+
+
+def test_it_parses_special_tokens_and_adds_exactly_one_bos(model):
+    request = GenerationRequest(messages=[{"role": "user", "content": "hi"}])
+    assert model.render_prompt(request).startswith("<|im_start|>user\nhi<|im_end|>")
+    tokens = model.tokenize(model.render_prompt(request))
+    assert tokens[:2] == [TINY_GGUF_BOS_ID, TINY_GGUF_IM_START_ID]
+    assert tokens.count(TINY_GGUF_BOS_ID) == 1
+
+
+def test_it_adds_no_second_bos_when_the_template_writes_one(gguf_path):
+    loaded = load(gguf_path, chat_template="{{ bos_token }}{% for m in messages %}{{ m.content }}{% endfor %}")
+    try:
+        text = loaded.render_prompt(GenerationRequest(messages=[{"role": "user", "content": "hi"}]))
+        tokens = loaded.tokenize(text)
+        assert tokens.count(TINY_GGUF_BOS_ID) == 1 and tokens[0] == TINY_GGUF_BOS_ID
+    finally:
+        loaded.close()
+
+
+def test_a_raw_prompt_is_the_text_the_model_sees(model):
+    assert model.render_prompt(GenerationRequest(prompt="once upon")) == "once upon"
+
+
+def test_detokenizing_gives_the_text_back_with_its_spaces(model):
+    text = "hello world, the answer is 42! ünïcödé"
+    ids = model.tokenize(text)[1:]  # without BOS
+    assert model.detokenize(ids).strip() == text
+    assert model.detokenize(ids[1:]).startswith(" ")  # a word's leading space stays (streamed text needs it)
+
+
+def test_half_a_character_detokenizes_as_a_replacement_character(model):
+    ids = model.tokenize("ü")[1:]
+    assert model.detokenize(ids).strip() == "ü"
+    assert model.detokenize(ids[:-1]).endswith("\ufffd")
+
+
+def test_its_end_of_generation_tokens_include_eos_and_the_chatml_end(model):
+    assert {TINY_GGUF_EOS_ID, TINY_GGUF_IM_END_ID} <= model.eog_ids
+    assert TINY_GGUF_BOS_ID not in model.eog_ids
+
+
+# -- decoding and the KV cache ---------------------------------------------------------------------------------
+
+
+def test_a_batch_bigger_than_a_physical_batch_is_one_decode(gguf_path):
+    big = load(gguf_path, n_ctx=256, n_slots=8)  # n_ubatch 520; the batch below is 8 x 120 = 960 tokens
+    try:
+        prompts = [big.tokenize(f"{word} the and you that was for " * 14)[:120] for word in
+                   ("one", "two", "three", "four", "five", "six", "seven", "eight")]
+        alone = [greedy_tokens(big, p, 4) for p in prompts]
+        samplers = [big.sampler(GenerationRequest(prompt="", sampling=NEVER_END), p, len(p)) for p in prompts]
+        for slot in range(8):
+            big.kv_trim(slot, 0)
+        first = big.decode([SlotWork(i, p, 0, True, samplers[i]) for i, p in enumerate(prompts)])
+        assert [s.token for s in first] == [a[0] for a in alone]
+    finally:
+        big.close()
+
+
+def test_it_refuses_an_item_that_does_not_continue_its_slot(model):
+    prompt = model.tokenize("the and")
+    sampler = model.sampler(GenerationRequest(prompt="", sampling=GREEDY), prompt, len(prompt))
+    model.kv_trim(0, 0)
+    with pytest.raises(ValueError, match="holds 0 positions"):
+        model.decode([SlotWork(0, prompt, 3, True, sampler)])
+    sampler.close()
+
+
+def test_a_full_cache_is_refused_before_the_batch_and_leaves_every_slot_as_it_was(gguf_path):
+    small = load(gguf_path, n_slots=2, n_ctx=64, kv_tokens=64)
+    try:
+        a = small.tokenize("the and you that was " * 8)[:40]
+        b = small.tokenize("for are with his they " * 8)[:30]
+        expected = greedy_tokens(small, a, 3)
+        small.kv_trim(0, 0)
+        sampler = small.sampler(GenerationRequest(prompt="", sampling=NEVER_END), a, len(a))
+        small.decode([SlotWork(0, a[:-1], 0, False, sampler)])
+        with pytest.raises(KVCacheFull):
+            small.decode([SlotWork(0, a[-1:], len(a) - 1, True, sampler), SlotWork(1, b, 0, True, sampler)])
+        out = [small.decode([SlotWork(0, a[-1:], len(a) - 1, True, sampler)])[0].token]
+        while len(out) < 3:
+            out.append(small.decode([SlotWork(0, [out[-1]], len(a) + len(out) - 1, True, sampler)])[0].token)
+        sampler.close()
+        assert out == expected
+    finally:
+        small.close()
+
+
+def test_a_copied_prefix_shares_its_cells_with_the_source(gguf_path):
+    small = load(gguf_path, n_slots=3, n_ctx=64, kv_tokens=64)
+    try:
+        prompt = small.tokenize("the and you that was " * 8)[:40]
+        sampler = small.sampler(GenerationRequest(prompt="", sampling=NEVER_END), prompt, len(prompt))
+        small.kv_trim(0, 0)
+        small.decode([SlotWork(0, prompt, 0, False, sampler)])
+        assert small.kv_copy(0, 1, 40) == 40 and small.kv_copy(0, 2, 30) == 30
+        small.decode([SlotWork(1, prompt[:10], 40, False, sampler)])  # 40 + 10 cells: it fits
+        with pytest.raises(KVCacheFull):
+            small.decode([SlotWork(2, prompt[:15], 30, False, sampler)])
+        sampler.close()
+    finally:
+        small.close()
+
+
+def test_trimming_never_keeps_more_than_the_slot_holds(model):
+    prompt = model.tokenize("the and you")
+    greedy_tokens(model, prompt, 2)
+    assert model.kv_trim(0, 100) == len(prompt) + 1
+    assert model.kv_trim(0, 2) == 2
+    assert model.kv_trim(0, 0) == 0
+
+
+def test_a_saved_slot_restores_only_where_the_cache_has_room(gguf_path):
+    small = load(gguf_path, n_slots=2, n_ctx=64, kv_tokens=64)
+    try:
+        prompt = small.tokenize("the and you that was " * 8)[:40]
+        greedy_tokens(small, prompt, 2, slot=0)
+        saved = small.kv_save(0, 30)
+        assert saved.n_tokens == 30
+        assert small.kv_restore(1, saved) == 0  # 41 + 30 cells do not fit in 64
+        small.kv_trim(0, 0)
+        assert small.kv_restore(1, saved) == 30
+    finally:
+        small.close()
+
+
+# -- sliding-window attention (Gemma 3) ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def swa_model(tmp_path_factory):
+    path = build_tiny_gguf(tmp_path_factory.mktemp("swa") / "tiny-gemma3.gguf", arch="gemma3",
+                           context_length=512)  # a sliding window of 256
+    loaded = load(path, architecture="gemma3", n_ctx=512, n_slots=2)
+    yield loaded
+    loaded.close()
+
+
+def test_a_sliding_window_slot_cut_where_its_window_is_kept_holds_the_cut(swa_model):
+    prompt = swa_model.tokenize("the and you that was for are " * 60)[:300]
+    expected = greedy_tokens(swa_model, prompt[:200], 4)
+    greedy_tokens(swa_model, prompt, 1)  # slot 0 holds 300 positions, every one still in the cache
+    assert swa_model.kv_trim(0, 199) == 199
+    sampler = swa_model.sampler(GenerationRequest(prompt="", sampling=NEVER_END), prompt[:200], 200)
+    out = [swa_model.decode([SlotWork(0, prompt[199:200], 199, True, sampler)])[0].token]
+    while len(out) < 4:
+        out.append(swa_model.decode([SlotWork(0, [out[-1]], 199 + len(out), True, sampler)])[0].token)
+    sampler.close()
+    assert out == expected
+
+
+def test_a_sliding_window_slot_cut_back_past_its_window_is_emptied_and_says_so(swa_model):
+    prompt = swa_model.tokenize("the and you that was for are " * 60)[:300]
+    greedy_tokens(swa_model, prompt, 1)  # slot 0 holds the 300 positions of the prompt
+    saved = swa_model.kv_save(0, 300)  # the sliding-window layers save only the last 256 positions
+    assert swa_model.kv_restore(1, saved) == 300  # enough to go on from position 300
+    assert swa_model.kv_trim(1, 200) == 0  # not to go back to 200: the slot is emptied for a recompute
+    assert swa_model.kv_save(0, 200).n_tokens == 200  # a cut of slot 0 (whose cache is whole) is usable
+
+
+# -- requests end to end (scheduler + output processor) ------------------------------------------------------
+
+
+def test_it_streams_a_reply_until_the_token_budget(model):
+    run = run_one(model, GenerationRequest(prompt="the", sampling=NEVER_END, max_tokens=8))
+    assert run.events[0]["kind"] == "started" and run.events[0]["prompt_tokens"] == 2
+    assert (run.finish_reason, run.done["completion_tokens"]) == ("length", 8)
+    assert run.text == model.detokenize(run.ids)
+
+
+def test_an_end_of_generation_token_ends_the_reply_with_stop(model):
+    ends_at_once = SamplingParams(temperature=0, logit_bias={TINY_GGUF_EOS_ID: 100})
+    run = run_one(model, GenerationRequest(prompt="the", sampling=ends_at_once, max_tokens=8))
+    assert (run.finish_reason, run.done["completion_tokens"], run.text) == ("stop", 0, "")
+
+
+def test_more_requests_than_slots_give_what_each_gives_alone(model):
+    prompts = ["the and", "you that was", "for are with", "his they", "one had word", "but not what"]
+    requests = [GenerationRequest(prompt=p, sampling=NEVER_END, max_tokens=10) for p in prompts]
+    alone = [run_one(model, r).text for r in requests]
+    together = run_requests(model, requests)
+    assert [r.text for r in together] == alone
+    assert all(r.finish_reason == "length" for r in together)
+
+
+def test_a_conversation_continued_from_the_cache_replies_as_a_fresh_model_does(gguf_path):
+    first = [{"role": "user", "content": "the and you that was for are with his they " * 3}]
+    second = [*first, {"role": "assistant", "content": "this have from"}, {"role": "user", "content": "one had"}]
+    requests = [GenerationRequest(messages=m, sampling=NEVER_END, max_tokens=12) for m in (first, second)]
+    fresh = load(gguf_path, n_slots=1)
+    cached = load(gguf_path, n_slots=1)
+    try:
+        expected = run_one(fresh, requests[1]).text
+        scheduler = Scheduler(cached, cache_bytes=1 << 26)
+        run_one(cached, requests[0], scheduler=scheduler)
+        run_one(cached, GenerationRequest(prompt="but not what all were when " * 6, sampling=NEVER_END,
+                                          max_tokens=4), scheduler=scheduler)  # pushes the conversation out
+        assert len(scheduler.prefix_store) == 1  # ...to host memory
+        again = run_one(cached, requests[1], scheduler=scheduler)
+        assert again.cached_tokens > 30 and again.text == expected
+    finally:
+        fresh.close()
+        cached.close()

@@ -1,4 +1,9 @@
-"""The MLX backend on a tiny random Llama, for real on Linux CPU (`pip install "mlx[cpu]" mlx-lm`)."""
+"""The MLX backend as a BatchModel, on tiny random models, for real on Linux CPU (`pip install "mlx[cpu]" mlx-lm`).
+
+What every backend owes the scheduler is in test_batch_models.py (run with `-k mlx`); here is what is MLX's own:
+the tokens match transformers', a sequence decodes the same beside others (sliding windows included), sampling
+maps our parameters onto mlx-lm's, saved slots stay as saved, the memory counts the KV cache, conversions run.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +15,19 @@ import pytest
 
 from inference.engine.base import (
     BackendUnavailable,
-    ContextLengthExceeded,
     GenerationRequest,
     InvalidRequest,
     ModelRefused,
     ModelSpec,
 )
+from inference.engine.batch import KVCacheFull, SlotWork
 from inference.engine.formats import detect_format
-from inference.engine.mlx import PREFILL_CHUNK_TOKENS, MlxBackend, mlx_import_error
+from inference.engine.mlx import MlxBackend, attention_windows, mlx_import_error
 from inference.engine.mlx_convert import convert_hf_to_mlx
+from inference.engine.output import OutputProcessor
 from inference.engine.sampling import SamplingParams
-from tests.unit.mlx_models import BOS, build_tiny_llama
+from tests.factories import build_tiny_hf_dir
+from tests.unit.mlx_models import BOS, EOS, build_tiny_llama
 
 needs_mlx = pytest.mark.skipif(
     mlx_import_error() is not None,
@@ -28,6 +35,12 @@ needs_mlx = pytest.mark.skipif(
 )
 GREEDY = SamplingParams(temperature=0.0)
 PROMPT = "hello world"
+OTHER_PROMPTS = ["the quick brown fox jumps", "one two three four five six seven", "Paris is the capital"]
+
+
+def load(path, **spec) -> object:
+    fields = {"format": "hf-safetensors", "n_ctx": 256, "n_slots": 4, **spec}
+    return MlxBackend().load(ModelSpec(path=str(path), **fields))
 
 
 @pytest.fixture(scope="module")
@@ -37,23 +50,43 @@ def tiny_llama_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_llama(tiny_llama_dir):
-    model = MlxBackend().load(ModelSpec(path=str(tiny_llama_dir), format="hf-safetensors", n_ctx=256))
+    model = load(tiny_llama_dir)
     yield model
     model.close()
 
 
-def run(model, should_stop=lambda: False, **request):
-    events = list(model.generate(GenerationRequest(**request), should_stop))
-    assert events[0].kind == "started" and events[-1].kind == "done"
-    return events
+def decode(model, prompt: list[int], n: int, *, slot: int = 0, sampling: SamplingParams = GREEDY,
+           beside: dict[int, tuple[list[int], int, int]] | None = None) -> list[int]:
+    """n tokens for `prompt` in `slot` (emptied first). `beside` maps other slots to (prompt, the step it joins,
+    the step it leaves): those sequences decode greedily in the same batches, at their own positions."""
+    beside = beside or {}
+    request = GenerationRequest(prompt="", sampling=sampling)
+    sequences = dict(sorted({slot: (prompt, 0, n), **beside}.items()))  # rows in slot order
+    samplers = {s: model.sampler(request if s == slot else GenerationRequest(prompt="", sampling=GREEDY), p, len(p))
+                for s, (p, _, _) in sequences.items()}
+    outputs: dict[int, list[int]] = {s: [] for s in sequences}
+    for s in sequences:
+        model.kv_trim(s, 0)
+    step = 0
+    while len(outputs[slot]) < n:
+        work = []
+        for s, (p, joins, leaves) in sequences.items():
+            if not joins <= step < leaves:
+                continue
+            if not outputs[s]:
+                work.append(SlotWork(s, list(p), 0, True, samplers[s]))
+            else:
+                work.append(SlotWork(s, [outputs[s][-1]], len(p) + len(outputs[s]) - 1, True, samplers[s]))
+        for sampled in model.decode(work):
+            outputs[sampled.slot].append(sampled.token)
+        step += 1
+    for sampler in samplers.values():
+        sampler.close()
+    return outputs[slot]
 
 
-def token_ids(events):
-    return [e.token_id for e in events if e.kind == "token" and e.token_id is not None]
-
-
-def text(events):
-    return "".join(e.text for e in events if e.kind == "token")
+def no_eos(model, **sampling) -> SamplingParams:
+    return SamplingParams(**{"temperature": 0.0, **sampling, "logit_bias": {t: -100.0 for t in model.eog_ids}})
 
 
 def transformers_greedy(model_dir, prompt_ids, steps):
@@ -74,6 +107,23 @@ def transformers_greedy(model_dir, prompt_ids, steps):
     return chosen
 
 
+def mlx_lm_greedy_without_cache(model_dir, prompt_ids, steps):
+    """The reference for windows: mlx-lm's own module, the whole sequence at every step (its mask applies the
+    sliding window), no KV cache."""
+    import mlx.core as mx
+    from mlx_lm.utils import load_model
+
+    model, _ = load_model(model_dir)
+    ids = list(prompt_ids)
+    for _ in range(steps):
+        logits = model(mx.array([ids]))[0, -1]  # (vocab,)
+        ids.append(int(mx.argmax(logits).item()))
+    return ids[len(prompt_ids) :]
+
+
+# -- installed or not ----------------------------------------------------------------------------------
+
+
 @needs_mlx
 def test_it_is_available_when_mlx_imports():
     assert MlxBackend().unavailable_reason() is None
@@ -90,26 +140,76 @@ def test_it_explains_how_to_install_mlx_when_it_is_missing(monkeypatch):
         MlxBackend().load(ModelSpec(path="/nowhere", format="mlx"))
 
 
+# -- the same tokens, alone or beside others ----------------------------------------------------------
+
+
 @needs_mlx
 def test_it_decodes_the_same_greedy_tokens_as_transformers(tiny_llama, tiny_llama_dir):
     prompt_ids = tiny_llama.tokenize(PROMPT)
 
-    events = run(tiny_llama, prompt=PROMPT, sampling=GREEDY, max_tokens=32)
-
-    assert events[0].prompt_tokens == len(prompt_ids)
-    assert token_ids(events) == transformers_greedy(tiny_llama_dir, prompt_ids, 32)
+    assert decode(tiny_llama, prompt_ids, 32) == transformers_greedy(tiny_llama_dir, prompt_ids, 32)
 
 
 @needs_mlx
-def test_it_counts_prompt_and_completion_tokens_and_times_them(tiny_llama):
-    events = run(tiny_llama, prompt=PROMPT, sampling=GREEDY, max_tokens=12)
-    done = events[-1]
+def test_it_decodes_transformers_tokens_while_other_sequences_join_and_leave(tiny_llama, tiny_llama_dir):
+    prompt_ids = tiny_llama.tokenize(PROMPT)
+    others = [tiny_llama.tokenize(p) for p in OTHER_PROMPTS]
+    beside = {0: (others[0], 0, 9), 1: (others[1], 3, 40), 3: (others[2], 7, 20)}  # slot: (prompt, joins, leaves)
 
-    assert [e.kind for e in events].count("token") >= 12
-    assert len(token_ids(events)) == done.completion_tokens == 12
-    assert done.prompt_tokens == events[0].prompt_tokens == len(tiny_llama.tokenize(PROMPT)) == 3
-    assert done.finish_reason == "length"
-    assert done.time_to_first_token > 0 and done.tokens_per_second > 0
+    tokens = decode(tiny_llama, prompt_ids, 32, slot=2, beside=beside)
+
+    assert tokens == transformers_greedy(tiny_llama_dir, prompt_ids, 32)
+
+
+@needs_mlx
+def test_it_keeps_a_sliding_window_layer_to_its_window_beside_other_sequences(tmp_path):
+    windowed = build_tiny_hf_dir(tmp_path / "windowed", context_length=256,
+                                 extra_config={"layer_types": ["sliding_attention", "full_attention"],
+                                               "sliding_window": 4})
+    full = build_tiny_hf_dir(tmp_path / "full", context_length=256)  # the same weights, full attention
+    model = load(windowed, n_slots=2)
+    prompt = model.tokenize("hello world the user said yes and then no")
+    assert len(prompt) > 4
+    expected = mlx_lm_greedy_without_cache(windowed, prompt, 16)
+    assert expected != mlx_lm_greedy_without_cache(full, prompt, 16), "the window must change the output"
+
+    beside = {0: (model.tokenize("one two three"), 0, 16)}
+    assert decode(model, prompt, 16, slot=1, beside=beside) == expected
+    model.close()
+
+
+@needs_mlx
+def test_each_row_of_a_batch_sees_its_own_positions_up_to_its_own_and_within_its_layers_window():
+    from mlx_lm.models.cache import KVCache
+
+    from inference.engine.mlx_slots import BatchLayout, SlotBatchCache
+
+    layout = BatchLayout(starts=[0, 3], counts=[2, 1])  # row 0 reads two prompt tokens; row 1 decodes position 3
+    rows_of = [KVCache(), KVCache()]
+    yes, no = True, False
+
+    full = SlotBatchCache(layout, rows_of).make_mask(2)  # (B, 1, N, L)
+    windowed = SlotBatchCache(layout, rows_of, window=2).make_mask(2)  # a RotatingKVCache layer's own window
+    named = SlotBatchCache(layout, rows_of).make_mask(2, window_size=2)  # the window the model names
+
+    assert full[:, 0].tolist() == [[[yes, no, no, no], [yes, yes, no, no]],
+                                   [[yes, yes, yes, yes], [yes, yes, yes, yes]]]  # row 1's second query: padding
+    assert windowed[:, 0].tolist() == named[:, 0].tolist() == [[[yes, no, no, no], [yes, yes, no, no]],
+                                                               [[no, no, yes, yes], [no, no, no, yes]]]
+
+
+@needs_mlx
+def test_it_refuses_a_model_that_keeps_recurrent_state():
+    from mlx_lm.models import mamba
+
+    args = mamba.ModelArgs(model_type="mamba", vocab_size=64, hidden_size=16, intermediate_size=32, state_size=4,
+                           num_hidden_layers=2, conv_kernel=4, use_bias=False, use_conv_bias=True, time_step_rank=4)
+
+    with pytest.raises(BackendUnavailable, match="ArraysCache"):
+        attention_windows(mamba.Model(args), "mamba")
+
+
+# -- tokens and text -----------------------------------------------------------------------------------
 
 
 @needs_mlx
@@ -119,67 +219,47 @@ def test_it_does_not_add_a_second_bos(tiny_llama):
 
 
 @needs_mlx
-def test_it_streams_text_that_joins_up_to_the_decoded_tokens(tiny_llama):
-    events = run(tiny_llama, prompt=PROMPT, sampling=GREEDY, max_tokens=32)
-
-    assert text(events) == tiny_llama._tokenizer.decode(token_ids(events), skip_special_tokens=True)
+def test_it_ends_generations_at_the_tokenizers_end_of_sequence_token(tiny_llama):
+    assert tiny_llama.eog_ids == {tiny_llama.tokenize(EOS)[-1]}
 
 
 @needs_mlx
-def test_it_cuts_at_a_stop_string_that_spans_tokens_and_never_emits_it(tiny_llama):
-    events = run(tiny_llama, prompt=PROMPT, sampling=GREEDY, max_tokens=32)
-    pieces = [e.text for e in events if e.kind == "token"]
-    full = "".join(pieces)
-    boundary = len("".join(pieces[:6]))
-    stop = full[boundary - 1 : boundary + 2]  # the end of one token's text and the start of the next
+def test_its_tokens_stream_through_the_output_processor_as_their_text(tiny_llama):
+    tokens = decode(tiny_llama, tiny_llama.tokenize("café über"), 32, sampling=no_eos(tiny_llama))
+    output = OutputProcessor(detokenize=tiny_llama.detokenize, eog_ids=tiny_llama.eog_ids, max_new_tokens=32)
 
-    stopped = run(tiny_llama, prompt=PROMPT, sampling=GREEDY, max_tokens=32, stop=("zzz-never", stop))
+    events = [event for token in tokens for event in output.add(token)]
 
-    assert text(stopped) == full[: full.index(stop)]
-    assert stopped[-1].finish_reason == "stop"
-    assert stopped[-1].completion_tokens < 32
+    assert "".join(e["text"] for e in events if e["kind"] == "token") == tiny_llama.detokenize(tokens)
+    assert (events[-1]["kind"], events[-1]["finish_reason"], events[-1]["completion_tokens"]) == ("done", "length", 32)
 
 
 @needs_mlx
-def test_it_stops_within_one_token_when_cancelled(tiny_llama):
-    seen = []
-    request = GenerationRequest(prompt=PROMPT, sampling=GREEDY, max_tokens=32)
-    stream = tiny_llama.generate(request, should_stop=lambda: bool(seen))
+def test_it_renders_messages_with_the_sandboxed_template_without_a_second_bos(tiny_llama_dir):
+    template = "{{ bos_token }}{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}assistant:"
+    model = load(tiny_llama_dir, chat_template=template, n_slots=1)
+    request = GenerationRequest(messages=[{"role": "user", "content": "hello"}])
 
-    for event in stream:
-        if event.kind == "token":
-            seen.append(event)
+    rendered = model.render_prompt(request)
 
-    assert len(seen) == 1
-    assert event.kind == "done" and event.finish_reason == "cancelled" and event.completion_tokens == 1
+    assert rendered == f"{BOS}user: hello\nassistant:"
+    assert model.tokenize(rendered) == model.tokenize("user: hello\nassistant:")
+    model.close()
 
 
-@needs_mlx
-def test_it_generates_nothing_when_cancelled_before_the_first_token(tiny_llama):
-    events = run(tiny_llama, lambda: True, prompt=PROMPT, sampling=GREEDY, max_tokens=32)
-
-    assert token_ids(events) == []
-    assert events[-1].finish_reason == "cancelled" and events[-1].completion_tokens == 0
+# -- sampling ------------------------------------------------------------------------------------------
 
 
 @needs_mlx
-def test_it_stops_at_the_end_of_sequence_token(tiny_llama):
-    eos = min(tiny_llama.eos_token_ids)
+def test_it_gives_the_same_tokens_for_the_same_seed(tiny_llama):
+    prompt = tiny_llama.tokenize(PROMPT)
 
-    events = run(tiny_llama, prompt=PROMPT, sampling=SamplingParams(temperature=0.0, logit_bias={eos: 100.0}))
-
-    assert token_ids(events) == [] and text(events) == ""
-    assert events[-1].finish_reason == "stop" and events[-1].completion_tokens == 0
-
-
-@needs_mlx
-def test_it_gives_the_same_text_for_the_same_seed(tiny_llama):
     def sampled(seed):
-        sampling = SamplingParams(temperature=1.0, seed=seed)
-        return token_ids(run(tiny_llama, prompt=PROMPT, max_tokens=24, sampling=sampling))
+        return decode(tiny_llama, prompt, 24, sampling=SamplingParams(temperature=1.0, seed=seed))
 
     assert sampled(7) == sampled(7)
     assert sampled(7) != sampled(8)
+    assert sampled(None) != sampled(None)  # without a seed, fresh randomness each time
 
 
 @needs_mlx
@@ -189,71 +269,116 @@ def test_it_gives_the_same_text_for_the_same_seed(tiny_llama):
     ids=["repeat", "presence", "frequency"],
 )
 def test_it_penalizes_tokens_already_in_the_window(tiny_llama, penalty):
-    prompt_ids = tiny_llama.tokenize(PROMPT)
-    plain = token_ids(run(tiny_llama, prompt=PROMPT, sampling=GREEDY, max_tokens=32))
+    prompt = tiny_llama.tokenize(PROMPT)
+    plain = decode(tiny_llama, prompt, 32)
     assert len(set(plain)) < len(plain), "greedy decoding repeats itself without a penalty"
 
-    sampling = SamplingParams(temperature=0.0, repeat_last_n=-1, **penalty)
-    penalized = token_ids(run(tiny_llama, prompt=PROMPT, sampling=sampling, max_tokens=32))
+    penalized = decode(tiny_llama, prompt, 32, sampling=SamplingParams(temperature=0.0, repeat_last_n=-1, **penalty))
 
-    assert len(penalized) == 32
-    assert len(set(prompt_ids + penalized)) == len(prompt_ids + penalized)
+    assert len(set(prompt + penalized)) == len(prompt + penalized)
 
 
 @needs_mlx
-def test_it_refuses_a_prompt_longer_than_the_context(tiny_llama_dir):
-    model = MlxBackend().load(ModelSpec(path=str(tiny_llama_dir), format="hf-safetensors", n_ctx=8))
-    prompt = "one two three four five six seven eight nine ten"
+def test_penalties_look_back_only_over_repeat_last_n_tokens(tiny_llama):
+    prompt = tiny_llama.tokenize(PROMPT)
+    plain = decode(tiny_llama, prompt, 32)
 
-    with pytest.raises(ContextLengthExceeded) as refused:
-        next(model.generate(GenerationRequest(prompt=prompt)))
-
-    assert f"{len(model.tokenize(prompt))} tokens" in refused.value.message
-    assert "8 tokens" in refused.value.message
-
-
-@needs_mlx
-def test_it_ends_with_length_when_the_context_is_full(tiny_llama_dir):
-    model = MlxBackend().load(ModelSpec(path=str(tiny_llama_dir), format="hf-safetensors", n_ctx=10))
-
-    no_eos = SamplingParams(temperature=0.0, logit_bias={eos: -100.0 for eos in model.eos_token_ids})
-
-    events = run(model, prompt=PROMPT, sampling=no_eos)
-
-    assert events[-1].finish_reason == "length"
-    assert events[-1].completion_tokens == 10 - 3
+    assert decode(tiny_llama, prompt, 32, sampling=SamplingParams(temperature=0.0, presence_penalty=100.0,
+                                                                  repeat_last_n=0)) == plain
 
 
 @needs_mlx
 def test_it_rejects_a_logit_bias_outside_the_vocabulary(tiny_llama):
+    request = GenerationRequest(prompt=PROMPT, sampling=SamplingParams(logit_bias={10_000: 5.0}))
+
     with pytest.raises(InvalidRequest, match="logit_bias"):
-        run(tiny_llama, prompt=PROMPT, sampling=SamplingParams(logit_bias={10_000: 5.0}))
+        tiny_llama.sampler(request, [1, 2], 2)
 
 
 @needs_mlx
-def test_it_renders_messages_with_the_sandboxed_template_without_a_second_bos(tiny_llama_dir):
-    template = "{{ bos_token }}{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}assistant:"
-    spec = ModelSpec(path=str(tiny_llama_dir), format="hf-safetensors", n_ctx=256, chat_template=template)
-    model = MlxBackend().load(spec)
-    messages = [{"role": "user", "content": "hello"}]
-    request = GenerationRequest(messages=messages, sampling=GREEDY, max_tokens=4)
+@pytest.mark.parametrize("asked", [{"structure": {"type": "json_schema", "schema": {"type": "object"}}},
+                                   {"logprobs": 0}], ids=["structure", "logprobs"])
+def test_it_refuses_what_it_cannot_honour_rather_than_ignore_it(tiny_llama, asked):
+    with pytest.raises(InvalidRequest, match="choose llamacpp"):
+        tiny_llama.sampler(GenerationRequest(prompt=PROMPT, **asked), [1, 2], 2)
 
-    assert model.render_prompt(request) == f"{BOS}user: hello\nassistant:"
-    events = run(model, messages=request.messages, sampling=GREEDY, max_tokens=4)
-    assert events[0].prompt_tokens == len(model.tokenize("user: hello\nassistant:"))
+
+# -- the KV cache --------------------------------------------------------------------------------------
 
 
 @needs_mlx
-def test_it_stops_a_long_prefill_between_chunks(tiny_llama_dir):
-    model = MlxBackend().load(ModelSpec(path=str(tiny_llama_dir), format="hf-safetensors", n_ctx=2048))
-    long_prompt = " ".join(["the quick brown fox jumps over the lazy dog"] * 80)
-    assert len(model.tokenize(long_prompt)) > PREFILL_CHUNK_TOKENS
-    checks = []
+def test_it_refuses_work_that_would_take_a_slot_past_its_context_and_changes_nothing(tiny_llama_dir):
+    model = load(tiny_llama_dir, n_ctx=16, n_slots=1)
+    prompt = model.tokenize("one two three four five")
+    expected = decode(model, prompt, 4)
+    sampler = model.sampler(GenerationRequest(prompt="", sampling=GREEDY), prompt, len(prompt))
+    model.kv_trim(0, 0)
+    model.decode([SlotWork(0, prompt[:-1], 0, False, sampler)])
 
-    events = run(model, lambda: checks.append(1) or len(checks) > 1, prompt=long_prompt, sampling=GREEDY)
+    with pytest.raises(KVCacheFull, match="context of 16"):
+        model.decode([SlotWork(0, prompt[-1:] + [1] * 16, len(prompt) - 1, True, sampler)])
 
-    assert len(checks) == 2  # once before the first token, once between the first two prompt chunks
-    assert token_ids(events) == [] and events[-1].finish_reason == "cancelled"
+    out = [model.decode([SlotWork(0, prompt[-1:], len(prompt) - 1, True, sampler)])[0].token]
+    while len(out) < 4:
+        out.append(model.decode([SlotWork(0, [out[-1]], len(prompt) + len(out) - 1, True, sampler)])[0].token)
+    assert out == expected
+    model.close()
+
+
+@needs_mlx
+def test_a_restored_copy_stays_as_it_was_saved_whatever_the_slot_does_next(tiny_llama):
+    prompt = tiny_llama.tokenize("one two three four five six seven")
+    assert len(prompt) - 1 > 2 + 3
+    expected = decode(tiny_llama, prompt, 8)
+    sampler = tiny_llama.sampler(GenerationRequest(prompt="", sampling=GREEDY), prompt, len(prompt))
+    tiny_llama.kv_trim(0, 0)
+    tiny_llama.decode([SlotWork(0, prompt[:-1], 0, False, sampler)])
+    saved = tiny_llama.kv_save(0, len(prompt) - 1)
+
+    tiny_llama.kv_restore(1, saved)
+    tiny_llama.kv_trim(1, 2)  # the restored slot is written over, within the positions the saved copy holds
+    tiny_llama.decode([SlotWork(1, [3, 4, 5], 2, False, sampler)])
+    tiny_llama.kv_restore(2, saved)
+
+    out = [tiny_llama.decode([SlotWork(2, prompt[-1:], len(prompt) - 1, True, sampler)])[0].token]
+    while len(out) < 8:
+        out.append(tiny_llama.decode([SlotWork(2, [out[-1]], len(prompt) + len(out) - 1, True, sampler)])[0].token)
+    assert out == expected
+
+
+@needs_mlx
+def test_a_copied_prefix_is_the_targets_own_and_the_source_continues_as_before(tiny_llama):
+    prompt = tiny_llama.tokenize("one two three four five six seven")
+    expected = decode(tiny_llama, prompt, 8)
+    sampler = tiny_llama.sampler(GenerationRequest(prompt="", sampling=GREEDY), prompt, len(prompt))
+    tiny_llama.kv_trim(0, 0)
+    tiny_llama.decode([SlotWork(0, prompt[:-1], 0, False, sampler)])
+
+    tiny_llama.kv_copy(0, 1, len(prompt) - 1)
+    tiny_llama.kv_trim(1, 2)  # the copy is written over, within the positions it shares with the source
+    tiny_llama.decode([SlotWork(1, [3, 4, 5], 2, False, sampler)])
+
+    out = [tiny_llama.decode([SlotWork(0, prompt[-1:], len(prompt) - 1, True, sampler)])[0].token]
+    while len(out) < 8:
+        out.append(tiny_llama.decode([SlotWork(0, [out[-1]], len(prompt) + len(out) - 1, True, sampler)])[0].token)
+    assert out == expected
+
+
+@needs_mlx
+def test_its_memory_counts_the_kv_cache_every_slot_may_fill(tiny_llama_dir):
+    # 2 layers x (keys + values) x 2 key-value heads x head_dim 16 x 4 bytes (fp32) = 512 bytes a position
+    one, four = load(tiny_llama_dir, n_slots=1), load(tiny_llama_dir, n_slots=4)
+    shared = load(tiny_llama_dir, n_slots=4, kv_tokens=300)
+
+    assert one.kv_bytes_per_token == 512
+    assert one.memory_bytes == one.weights_bytes + 256 * 512
+    assert four.memory_bytes - one.memory_bytes == 3 * 256 * 512
+    assert shared.kv_capacity == 300 and shared.memory_bytes == shared.weights_bytes + 300 * 512
+    for model in (one, four, shared):
+        model.close()
+
+
+# -- conversion and safety ----------------------------------------------------------------------------
 
 
 @needs_mlx
@@ -269,12 +394,12 @@ def test_it_converts_to_n_bits_and_the_result_loads_and_generates(bits, tiny_lla
     assert sorted(p.name for p in tmp_path.iterdir()) == [converted.name]  # no staging directory left
     assert detect_format(str(converted)) == "mlx"
 
-    model = MlxBackend().load(ModelSpec(path=str(converted), format="mlx", n_ctx=256))
-    no_eos = SamplingParams(temperature=0.0, logit_bias={eos: -100.0 for eos in model.eos_token_ids})
-    events = run(model, prompt=PROMPT, sampling=no_eos, max_tokens=8)
+    model = load(converted, format="mlx")
+    tokens = decode(model, model.tokenize(PROMPT), 8, sampling=no_eos(model), beside={1: ([5, 6, 7], 2, 8)})
 
-    assert events[-1].completion_tokens == len(token_ids(events)) == 8
-    assert model.memory_bytes < tiny_llama.memory_bytes * bits / 16
+    assert len(tokens) == 8 and all(0 <= t < model.vocab_size for t in tokens)
+    assert model.weights_bytes < tiny_llama.weights_bytes * bits / 16
+    model.close()
 
 
 @needs_mlx
@@ -292,4 +417,4 @@ def test_it_refuses_a_model_that_asks_to_run_its_own_code(tiny_llama_dir, tmp_pa
     (tmp_path / "custom" / "config.json").write_text(json.dumps({**config, "model_file": "evil.py"}))
 
     with pytest.raises(ModelRefused, match="evil.py"):
-        MlxBackend().load(ModelSpec(path=str(tmp_path / "custom"), format="hf-safetensors"))
+        load(tmp_path / "custom")

@@ -76,8 +76,7 @@ def last_logits(llm) -> np.ndarray:
 
 def test_greedy_tokens_agree_with_llama_cpp(demo_path, ours):
     llama_cpp = pytest.importorskip("llama_cpp")
-    from inference.engine.sampling import SamplingParams
-    from inference.engine.torch.generate import generate_batch
+    from tests.unit.torch_models import our_greedy_tokens
 
     weights, tokenizer = ours
     llm = llama_cpp.Llama(str(demo_path), n_ctx=256, n_threads=2, logits_all=False, verbose=False,
@@ -86,11 +85,7 @@ def test_greedy_tokens_agree_with_llama_cpp(demo_path, ours):
         for prompt in PROMPTS:
             ids = tokenizer.encode(prompt)
             assert llm.tokenize(prompt.encode(), add_bos=True, special=True) == ids
-            args = weights.args
-            cache = KVCache(args.n_layers, 1, args.n_kv_heads, len(ids) + GREEDY_STEPS, args.head_dim,
-                            dtype=torch.float32)
-            ours_tokens = generate_batch(weights.model, cache, [ids], params=SamplingParams(temperature=0),
-                                         max_new_tokens=GREEDY_STEPS)[0]
+            ours_tokens = our_greedy_tokens(weights, ids, GREEDY_STEPS)
             llm.reset()
             llm.eval(ids)
             theirs = []

@@ -1,24 +1,61 @@
-"""The torch engine's decode shortcuts change nothing: fused projections, one prefill pass for prompts of
-equal length, the batched greedy pick and the last-position logits give what the plain paths give."""
+"""The torch engine's decode shortcuts change nothing: fused projections, one forward pass for the decode steps
+of several slots and one for prompt chunks of equal length, the batched greedy pick and the last-position
+logits give what the plain paths give."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from inference.engine.base import ModelSpec
+from inference.engine.batch import SlotWork
 from inference.engine.sampling import SamplingParams, make_generator, sample_next_token, sample_rows
-from inference.engine.torch.generate import generate_batch
+from inference.engine.torch.backend import TorchBackend
 from inference.engine.torch.loader import load_hf_model
 from inference.engine.torch.models.layers import Attention, ForwardStep, GatedMLP, KVCache, RMSNorm
+from inference.engine.torch.sampler import TorchSampler, sample_each
 from tests.unit.torch_models import PROMPT_IDS, build_tiny_model
 
 pytest.importorskip("transformers")
 
+GREEDY = SamplingParams(temperature=0)
+
 
 @pytest.fixture(scope="module", params=["llama", "gemma3_text"])
-def weights(request, tmp_path_factory):
-    directory = build_tiny_model(tmp_path_factory.mktemp(request.param), request.param)
-    return load_hf_model(directory, device="cpu", dtype="float32")
+def model_dir(request, tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp(request.param), request.param)
+
+
+@pytest.fixture(scope="module")
+def weights(model_dir):
+    return load_hf_model(model_dir, device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def batch_model(model_dir):
+    model = TorchBackend().load(ModelSpec(path=str(model_dir), format="hf-safetensors", n_ctx=64, n_slots=4,
+                                          options={"device": "cpu", "dtype": "float32"}))
+    yield model
+    model.close()
+
+
+def forward_passes(model, work: list[SlotWork]) -> tuple[list[int], int]:
+    """The tokens `model.decode(work)` samples, and how many forward passes it took."""
+    passes = []
+    hook = model.model.register_forward_hook(lambda *_: passes.append(1))
+    try:
+        return [s.token for s in model.decode(work)], len(passes)
+    finally:
+        hook.remove()
+
+
+def greedy_alone(model, prompt: list[int], n: int) -> list[int]:
+    model.kv_trim(0, 0)
+    sampler = TorchSampler(GREEDY, prompt)
+    out = [model.decode([SlotWork(0, prompt, 0, True, sampler)])[0].token]
+    while len(out) < n:
+        out.append(model.decode([SlotWork(0, out[-1:], len(prompt) + len(out) - 1, True, sampler)])[0].token)
+    return out
 
 
 def new_cache(weights, batch: int = 1, length: int = 64) -> KVCache:
@@ -65,13 +102,50 @@ def test_last_only_logits_are_the_last_row_of_all_logits(weights):
     assert (last - every[:, -1:]).abs().max().item() < 1e-5
 
 
-def test_equal_length_prompts_prefilled_together_decode_like_each_alone(weights):
+def test_equal_length_prompts_share_one_pass_and_decode_steps_another(batch_model):
     prompts = [PROMPT_IDS, PROMPT_IDS[::-1], [5, 9, 13, 2, 77, 31, 8, 120]]
-    greedy = SamplingParams(temperature=0)
-    alone = [generate_batch(weights.model, new_cache(weights), [p], params=greedy, max_new_tokens=10)[0]
-             for p in prompts]
-    together = generate_batch(weights.model, new_cache(weights, batch=3), prompts, params=greedy, max_new_tokens=10)
-    assert together == alone
+    alone = [greedy_alone(batch_model, p, 10) for p in prompts]
+    samplers = [TorchSampler(GREEDY, p) for p in prompts]
+    for slot in (1, 2, 3):
+        batch_model.kv_trim(slot, 0)
+    outputs, passes = forward_passes(batch_model, [SlotWork(slot, p, 0, True, sampler) for slot, p, sampler
+                                                   in zip((3, 1, 2), prompts, samplers, strict=True)])
+    assert passes == 1
+    outputs = [[token] for token in outputs]
+    while len(outputs[0]) < 10:
+        work = [SlotWork(slot, out[-1:], len(p) + len(out) - 1, True, sampler) for slot, p, out, sampler
+                in zip((3, 1, 2), prompts, outputs, samplers, strict=True)]
+        tokens, passes = forward_passes(batch_model, work)
+        assert passes == 1
+        for out, token in zip(outputs, tokens, strict=True):
+            out.append(token)
+    assert outputs == alone
+
+
+def test_a_decode_with_steps_and_prompt_chunks_of_two_lengths_takes_three_passes(batch_model):
+    for slot in range(4):
+        batch_model.kv_trim(slot, 0)
+    batch_model.decode([SlotWork(0, PROMPT_IDS, 0, False), SlotWork(1, PROMPT_IDS[:5], 0, False)])
+    work = [SlotWork(0, [3], len(PROMPT_IDS), False), SlotWork(1, [4], 5, False),
+            SlotWork(2, PROMPT_IDS[:4], 0, False), SlotWork(3, PROMPT_IDS[:6], 0, False)]
+    assert forward_passes(batch_model, work)[1] == 3
+
+
+def test_the_batched_greedy_pick_is_what_each_sampler_picks_alone():
+    torch.manual_seed(0)
+    logits = list(torch.randn(5, 50).to(torch.bfloat16))  # five rows (V,)
+    params = [GREEDY, SamplingParams(temperature=0, repeat_penalty=1.5), GREEDY,
+              SamplingParams(temperature=0.8, top_k=5, seed=3), SamplingParams(temperature=0, logit_bias={3: 4.0})]
+    histories = [[1, 2, 3], [4, 4], [7], [3, 9, 9, 9], [2]]
+
+    def samplers():
+        return [TorchSampler(p, h) for p, h in zip(params, histories, strict=True)]
+
+    one_by_one = [sampler.pick(row) for sampler, row in zip(samplers(), logits, strict=True)]
+    together = samplers()
+    assert [s.plain_greedy for s in together] == [True, False, True, False, False]
+    assert sample_each(logits, together) == one_by_one
+    assert [s.history[-1] for s in together] == one_by_one  # each keeps its token for its penalties
 
 
 @pytest.mark.parametrize("params", [

@@ -1,15 +1,18 @@
-"""The torch engine against transformers: same logits (1e-4, fp32) and the same greedy tokens."""
+"""The torch engine against transformers: same logits (1e-4, fp32) and the same greedy tokens; and against
+itself: sequences decoded together give the logits each gives alone (1e-4, fp32)."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 
 import pytest
 import torch
 
-from inference.engine.base import ModelRefused
-from inference.engine.sampling import SamplingParams
-from inference.engine.torch.generate import decode_one_token, generate_batch, prefill
+from inference.engine.base import ModelRefused, ModelSpec
+from inference.engine.batch import SlotWork
+from inference.engine.torch.backend import TorchBackend
+from inference.engine.torch.generate import decode_one_token, prefill
 from inference.engine.torch.loader import load_hf_model
 from inference.engine.torch.models import MODEL_TYPES, architecture_for
 from inference.engine.torch.models.layers import ForwardStep, KVCache
@@ -58,18 +61,83 @@ def test_greedy_decoding_matches_transformers_for_32_steps(tiny):
         token = int(torch.argmax(logits))
         assert token == expected_tokens[step]
         ids.append(token)
-        logits = decode_one_token(weights.model, cache, torch.tensor([token]), torch.tensor([len(ids) - 1]))[0]
+        logits = decode_one_token(weights.model, cache, [token], [len(ids) - 1])[0]
 
 
-def test_a_batch_at_different_positions_decodes_like_each_sequence_alone(tiny):
+@dataclass
+class Run:
+    """One sequence of the batched scenario: `tokens` (its prompt, then a fixed continuation fed in as if
+    sampled) go into `slot` from step `joins` on, after the slot is trimmed to `keeps` positions."""
+
+    slot: int
+    tokens: list[int]
+    n_prompt: int
+    joins: int
+    keeps: int = 0
+    started: bool = False
+    computed: int = 0
+    logits: list[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return self.computed == len(self.tokens)
+
+    def next_work(self) -> SlotWork:
+        stop = self.n_prompt if self.computed < self.n_prompt else self.computed + 1
+        return SlotWork(self.slot, self.tokens[self.computed : stop], self.computed, True)
+
+
+def run_together(model, runs: list[Run]) -> None:
+    """Step by step, one `logits` call per step for every run that has joined and is not done."""
+    step = 0
+    while not all(run.done for run in runs):
+        active = [run for run in runs if run.joins <= step and not run.done]
+        for run in active:
+            if not run.started:
+                model.kv_trim(run.slot, run.keeps)
+                run.started, run.computed = True, run.keeps
+        work = [run.next_work() for run in active]
+        for run, item, logits in zip(active, work, model.logits(work), strict=True):
+            run.computed += len(item.tokens)
+            run.logits.append(logits.clone())
+        step += 1
+
+
+def logits_alone(model, run: Run, slot: int) -> list[torch.Tensor]:
+    """The same tokens as one sequence alone in an emptied slot: the prompt read whole, then one at a time."""
+    model.kv_trim(slot, 0)
+    alone = Run(slot, run.tokens, run.n_prompt, joins=0)
+    while not alone.done:
+        item = alone.next_work()
+        alone.logits.append(model.logits([item])[0].clone())
+        alone.computed += len(item.tokens)
+    return alone.logits
+
+
+def test_sequences_decoded_together_give_the_logits_each_gives_alone(tiny):
     _, directory, _ = tiny
-    weights = load_hf_model(directory, device="cpu", dtype="float32")
-    prompts = [PROMPT_IDS, PROMPT_IDS[:3], PROMPT_IDS[2:7]]
-    greedy = SamplingParams(temperature=0)
-    alone = [generate_batch(weights.model, new_cache(weights), [p], params=greedy, max_new_tokens=12)[0]
-             for p in prompts]
-    together = generate_batch(weights.model, new_cache(weights, batch=3), prompts, params=greedy, max_new_tokens=12)
-    assert together == alone
+    model = TorchBackend().load(ModelSpec(path=str(directory), format="hf-safetensors", n_ctx=96, n_slots=4,
+                                          options={"device": "cpu", "dtype": "float32"}))
+    draw = torch.Generator().manual_seed(0)
+
+    def tokens(n: int) -> list[int]:
+        return torch.randint(3, 300, (n,), generator=draw).tolist()
+
+    long_one = Run(slot=3, tokens=PROMPT_IDS + tokens(40), n_prompt=len(PROMPT_IDS), joins=0)  # past the windows
+    finishes_early = Run(slot=0, tokens=tokens(27), n_prompt=21, joins=0)
+    joins_later = Run(slot=2, tokens=tokens(9), n_prompt=5, joins=3)  # its prompt read beside decode steps
+    # slot 0 again, emptied: positions 3.. still hold `finishes_early`'s keys, which it must never see
+    reuses_a_slot = Run(slot=0, tokens=tokens(15), n_prompt=3, joins=8)
+    # slot 2 again, keeping the 3 positions it shares with `joins_later`
+    keeps_a_prefix = Run(slot=2, tokens=joins_later.tokens[:3] + tokens(16), n_prompt=6, joins=9, keeps=3)
+    runs = [long_one, finishes_early, joins_later, reuses_a_slot, keeps_a_prefix]
+    run_together(model, runs)
+    for run in runs:
+        alone = logits_alone(model, run, slot=1)
+        assert len(run.logits) == len(alone) == len(run.tokens) - run.n_prompt + 1
+        for step, (together, single) in enumerate(zip(run.logits, alone, strict=True)):
+            assert (together - single).abs().max().item() < TOLERANCE, f"slot {run.slot}, step {step}"
+    model.close()
 
 
 def test_it_loads_a_sharded_checkpoint(tiny, tmp_path):

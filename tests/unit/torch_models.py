@@ -2,7 +2,7 @@
 
 `build_tiny_model(tmp_path, name)` returns the directory; the model is re-seeded until its greedy
 top-1 logit margin is above `MIN_MARGIN` at every compared step, so comparisons are not decided by
-rounding.
+rounding. `our_greedy_tokens(weights, prompt, steps)` runs our engine's named steps on one sequence.
 """
 
 from __future__ import annotations
@@ -11,6 +11,9 @@ import json
 from pathlib import Path
 
 import torch
+
+from inference.engine.torch.generate import decode_one_token, prefill
+from inference.engine.torch.models.layers import KVCache
 
 MIN_MARGIN = 1e-3
 STEPS = 32
@@ -98,3 +101,16 @@ def build_tiny_model(directory: Path, name: str, configs: dict = TINY_CONFIGS, *
             make_tokenizer(directory)
             return directory
     raise AssertionError(f"No seed gave {name} a top-1 margin above {MIN_MARGIN}")
+
+
+def our_greedy_tokens(weights, prompt_ids: list[int], steps: int) -> list[int]:
+    """Our engine's greedy tokens for one sequence: `prefill`, then `decode_one_token` after each argmax."""
+    args = weights.args
+    cache = KVCache(args.n_layers, 1, args.n_kv_heads, len(prompt_ids) + steps, args.head_dim,
+                    dtype=weights.dtype, device=weights.device)
+    logits = prefill(weights.model, cache, prompt_ids)
+    tokens: list[int] = []
+    while len(tokens) < steps:
+        tokens.append(int(torch.argmax(logits.float())))
+        logits = decode_one_token(weights.model, cache, tokens[-1:], [len(prompt_ids) + len(tokens) - 1])[0]
+    return tokens

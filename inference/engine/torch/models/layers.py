@@ -7,6 +7,7 @@ H (query heads), Hkv (key/value heads), D (head dim), C (hidden size).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -133,10 +134,12 @@ def fuse_projections(model: nn.Module) -> None:
 
 
 class KVCache:
-    """Keys and values of every layer, allocated once: (max_batch, Hkv, max_len, D) per layer.
+    """Keys and values of every layer, allocated once: (rows, Hkv, max_len, D) per layer, one row per sequence.
 
-    A forward pass writes its new keys/values for rows `rows` at absolute positions, then attends
-    over positions [0, L) where L is one past the furthest position written in this pass.
+    A forward pass writes its new keys/values into its rows at absolute positions, then reads positions [0, L)
+    of those rows, L being one past the furthest position written in the pass; the masks of `ForwardStep` keep
+    each row's queries on that row's own positions. A row holds no length of its own: what lies beyond the
+    positions a sequence wrote (keys of an earlier, longer sequence) is never read, so nothing is ever erased.
     """
 
     def __init__(self, n_layers: int, max_batch: int, n_kv_heads: int, max_len: int, head_dim: int,
@@ -146,6 +149,10 @@ class KVCache:
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.max_batch = max_batch
         self.max_len = max_len
+
+    @property
+    def device(self) -> torch.device:
+        return self.keys[0].device
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.keys + self.values)
@@ -164,25 +171,46 @@ class KVCache:
             cache_v[rows, :, step.positions] = v.transpose(1, 2)
         return cache_k[step.rows, :, : step.length], cache_v[step.rows, :, : step.length]
 
+    def copy_row(self, source: int, target: int, n_positions: int) -> None:
+        """Row `target` gets the first `n_positions` positions of row `source`, in every layer."""
+        for cache in self.keys + self.values:
+            cache[target, :, :n_positions] = cache[source, :, :n_positions]
+
+    def save_row(self, row: int, n_positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of the row's first `n_positions` positions, copied to CPU memory: each
+        (n_layers, Hkv, n_positions, D)."""
+        keys = torch.stack([k[row, :, :n_positions] for k in self.keys]).to("cpu")
+        values = torch.stack([v[row, :, :n_positions] for v in self.values]).to("cpu")
+        return keys, values
+
+    def restore_row(self, row: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Put what `save_row` returned into the first positions of `row`."""
+        n_positions = keys.shape[2]  # keys (n_layers, Hkv, n_positions, D)
+        for layer, (k, v) in enumerate(zip(keys, values, strict=True)):
+            self.keys[layer][row, :, :n_positions] = k
+            self.values[layer][row, :, :n_positions] = v
+
 
 class ForwardStep:
-    """Where the tokens of one forward pass go: positions (B, T), cache rows, and attention masks."""
+    """Where the tokens of one forward pass go: positions (B, T), cache rows, and attention masks.
 
-    def __init__(self, positions: torch.Tensor, rows: torch.Tensor | slice | None = None):
+    `positions` are best given on the CPU with `device` set to the model's: the layout (a common start, the
+    furthest position) is read from them there, so a CUDA step waits for nothing. `rows` are the cache rows of
+    the batch's sequences: a slice, an index tensor, or a list of ints (consecutive ones become a slice, read
+    without a copy); None means rows 0..B-1.
+    """
+
+    def __init__(self, positions: torch.Tensor, rows: torch.Tensor | slice | Sequence[int] | None = None, *,
+                 device: torch.device | str | None = None):
         batch = positions.shape[0]
-        self.positions = positions
-        self.rows = rows if rows is not None else slice(0, batch)
-        if isinstance(self.rows, slice):
-            self.row_index = torch.arange(self.rows.start or 0, (self.rows.start or 0) + batch,
-                                          device=positions.device)
-        else:
-            self.row_index = self.rows
         starts = positions[:, 0]
         self.same_start = int(starts[0]) if bool((starts == starts[0]).all()) else None
         contiguous = positions.shape[1] == 1 or bool((positions[:, 1:] - positions[:, :-1] == 1).all())
         if self.same_start is not None and not contiguous:
             self.same_start = None
         self.length = int(positions.max()) + 1
+        self.positions = positions if device is None else positions.to(device)
+        self.rows, self.row_index = _cache_rows(rows, batch, self.positions.device)
         self._masks: dict[int | None, torch.Tensor | None] = {}
 
     def mask(self, sliding_window: int | None) -> torch.Tensor | None:
@@ -197,13 +225,30 @@ class ForwardStep:
     def _build_mask(self, sliding_window: int | None) -> torch.Tensor | None:
         is_single_decode = self.positions.shape[0] == 1 and self.positions.shape[1] == 1
         if is_single_decode and sliding_window is None:
-            return None
+            return None  # L is one past this row's position: every key read is its own
         keys = torch.arange(self.length, device=self.positions.device)  # (L,)
         queries = self.positions[:, :, None]  # (B, T, 1)
         visible = keys <= queries  # (B, T, L)
         if sliding_window is not None:
             visible &= queries - keys < sliding_window
         return visible[:, None]  # (B, 1, T, L)
+
+
+def _cache_rows(rows: torch.Tensor | slice | Sequence[int] | None, batch: int, device: torch.device
+                ) -> tuple[torch.Tensor | slice, torch.Tensor]:
+    """(rows as the cache indexes them, their index tensor (B,))."""
+    if rows is None:
+        rows = slice(0, batch)
+    elif not isinstance(rows, (slice, torch.Tensor)):
+        rows = list(rows)
+        if rows == list(range(rows[0], rows[0] + batch)):
+            rows = slice(rows[0], rows[0] + batch)
+        else:
+            rows = torch.tensor(rows, device=device)
+    if isinstance(rows, slice):
+        first = rows.start or 0
+        return rows, torch.arange(first, first + batch, device=device)
+    return rows, rows
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float

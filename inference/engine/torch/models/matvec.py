@@ -39,8 +39,11 @@ def _rows_product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return torch.stack([(wide * row).sum(-1) for row in x.unbind(0)]).to(weight.dtype)
 
 
-# Dynamo keeps at most 8 graphs per compiled function (`recompile_limit`) and then fails: 4 row counts for
-# each of 2 dtypes would reach it, so each dtype has a function of its own to compile.
+# Dynamo keeps at most `recompile_limit` (8) graphs per compiled function and then fails: 4 row counts for
+# each of 2 dtypes would reach it, so each dtype has a function of its own to compile. Each row count can also
+# meet two kinds of weight (tensors made in inference mode carry one dispatch key fewer: two graphs), so the
+# limit is raised to what these functions can need.
+GRAPHS_PER_FUNCTION = 4 * MAX_ROWS
 def _rows_product_fp32(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return _rows_product(x, weight)
 
@@ -68,6 +71,9 @@ class _CompiledKernel:
         kernel = self._kernels.get(weight.dtype)
         if kernel is None:
             with self._lock:
+                from torch._dynamo import config as dynamo_config
+
+                dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, GRAPHS_PER_FUNCTION)
                 kernel = self._kernels.setdefault(
                     weight.dtype, torch.compile(_PER_DTYPE[weight.dtype], dynamic=True, fullgraph=True))
         try:
