@@ -9,6 +9,7 @@ import sys
 BENCHMARKS = {
     "llamacpp": "bench.llamacpp_stack",
     "torch": "bench.torch_engine",
+    "concurrency": "bench.concurrency",
 }
 
 

@@ -4,9 +4,11 @@ The demo GGUF (Gemma 3 270M Q4_K_M) is dequantized once into a Hugging Face chec
 transformers and the torch engine both load that directory in fp32 and bf16, and the torch engine also runs
 the GGUF itself. Greedy, the same threads, 64 new tokens, single stream and a batch of 4, runs interleaved
 (transformers, ours, ours-from-GGUF, repeated `--rounds` times) so that load from other processes hits all
-alike. Printed per row: the median of the rounds' tokens/s (whole generate call, prompt included) and the
-median ratio with its range; `step` is tokens/s from the 10th-percentile decode step (the fastest tenth):
-on a shared machine it estimates the uncontended speed, which whole-call figures cannot.
+alike. Ours runs as the server runs it: `TorchBackend().load(spec)` gives a BatchModel with 4 slots, and each
+`decode` call is one step (the prompts read in one pass, then one token for every slot per call). Printed per
+row: the median of the rounds' tokens/s (whole generation, prompt included) and the median ratio with its
+range; `step` is tokens/s from the 10th-percentile decode step (the fastest tenth): on a shared machine it
+estimates the uncontended speed, which whole-call figures cannot.
 
 Run: `python -m bench torch` (defaults) or `python -m bench.torch_engine [--threads 2 --rounds 3 --attn eager]`.
 """
@@ -22,14 +24,18 @@ from pathlib import Path
 import torch
 
 from bench.hf_export import exported
+from inference.engine.base import GenerationRequest, ModelSpec
+from inference.engine.batch import SlotWork
 from inference.engine.sampling import SamplingParams
-from inference.engine.torch.generate import generate_batch
+from inference.engine.torch.backend import TorchBackend
+from inference.engine.torch.batch_model import TorchBatchModel
 from inference.engine.torch.gguf_loader import load_gguf_model
-from inference.engine.torch.loader import LoadedWeights, load_hf_model
-from inference.engine.torch.models.layers import KVCache
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16"}
+GREEDY = GenerationRequest(prompt=PROMPT, sampling=SamplingParams(temperature=0))
+MAX_BATCH = 4
 
 
 class Run:
@@ -41,28 +47,29 @@ class Run:
         self.step_tok_s = batch / steps[len(steps) // 10] if steps else float("nan")  # the fastest tenth
 
 
-class Stamped:
-    """Wraps our model: records the time of every forward call (prefill, then one per decode step)."""
-
-    def __init__(self, model):
-        self.model, self.stamps = model, []
-
-    def __call__(self, *args, **kwargs):
-        out = self.model(*args, **kwargs)
-        self.stamps.append(time.perf_counter())
-        return out
+def load_ours(path: Path, model_format: str, dtype: str, threads: int, n_ctx: int) -> TorchBatchModel:
+    spec = ModelSpec(path=str(path), format=model_format, n_ctx=n_ctx, n_threads=threads, n_slots=MAX_BATCH,
+                     options={"device": "cpu", "dtype": DTYPE_NAMES[dtype]})
+    return TorchBackend().load(spec)
 
 
-def run_ours(weights: LoadedWeights, batch: int, tokens: int, prompt_ids: list[int]) -> Run:
-    args = weights.args
-    cache = KVCache(args.n_layers, batch, args.n_kv_heads, len(prompt_ids) + tokens + 1, args.head_dim,
-                    dtype=weights.dtype)
-    stamped = Stamped(weights.model)
+def run_ours(model: TorchBatchModel, batch: int, tokens: int, prompt_ids: list[int]) -> Run:
+    """`batch` copies of the prompt in slots 0.., decoded together until each has `tokens` new tokens."""
+    samplers = [model.sampler(GREEDY, prompt_ids, len(prompt_ids)) for _ in range(batch)]
+    outputs: list[list[int]] = [[] for _ in range(batch)]
+    for slot in range(batch):
+        model.kv_trim(slot, 0)
+    work = [SlotWork(slot, prompt_ids, 0, True, samplers[slot]) for slot in range(batch)]
+    stamps = []
     started = time.perf_counter()
-    outputs = generate_batch(stamped, cache, [prompt_ids] * batch, params=SamplingParams(temperature=0),
-                             max_new_tokens=tokens)
+    while len(outputs[0]) < tokens:
+        for sampled in model.decode(work):
+            outputs[sampled.slot].append(sampled.token)
+        stamps.append(time.perf_counter())
+        work = [SlotWork(slot, out[-1:], len(prompt_ids) + len(out) - 1, True, sampler)
+                for slot, (out, sampler) in enumerate(zip(outputs, samplers, strict=True))]
     elapsed = time.perf_counter() - started
-    return Run(sum(len(o) for o in outputs), elapsed, stamped.stamps, batch)
+    return Run(sum(len(o) for o in outputs), elapsed, stamps, batch)
 
 
 def run_transformers(model, batch: int, tokens: int, prompt_ids: list[int]) -> Run:
@@ -93,7 +100,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--dtypes", default="fp32,bf16")
-    parser.add_argument("--batches", default="1,4")
+    parser.add_argument("--batches", default="1,4", help=f"batch sizes, at most {MAX_BATCH}")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--attn", default="sdpa", help="transformers' attn_implementation (sdpa, eager)")
     parser.add_argument("--gguf", help="a Gemma 3 GGUF file (default: the demo model)")
@@ -118,10 +125,11 @@ def main() -> None:
     for dtype in options.dtypes.split(","):
         reference = transformers.AutoModelForCausalLM.from_pretrained(
             checkpoint, dtype=DTYPES[dtype], attn_implementation=options.attn).eval()
+        n_ctx = len(prompt_ids) + options.tokens + 1
         contenders = {
             "transformers": partial(run_transformers, reference),
-            "ours": partial(run_ours, load_hf_model(checkpoint, device="cpu", dtype=dtype)),
-            "gguf": partial(run_ours, load_gguf_model(path, device="cpu", dtype=dtype)[0]),
+            "ours": partial(run_ours, load_ours(checkpoint, "hf-safetensors", dtype, options.threads, n_ctx)),
+            "gguf": partial(run_ours, load_ours(path, "gguf", dtype, options.threads, n_ctx)),
         }
         for batch in (int(b) for b in options.batches.split(",")):
             print(f"{dtype:<5} {batch:>5} {bench_row(contenders, batch, options, prompt_ids)}", flush=True)

@@ -204,6 +204,9 @@ def test_a_client_that_hangs_up_while_queued_cancels_its_job(server):
     time.sleep(2)
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{server.base_url}/v1/completions", json={**LONG, "max_tokens": 5}, headers=headers, timeout=1.5)
+    # The four streams are decoded two by two: each worker runs its two slots in one batch.
+    engine = httpx.get(f"{server.base_url}/health", timeout=30).json()["engine"]
+    assert sorted(model["peak_batch"] for model in engine if model["model"].startswith("demo")) == [2, 2], engine
     queued = rows(server, "SELECT id, status FROM inference_generationjob ORDER BY created_at DESC LIMIT 1")[0]
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and job_of(server, str(queued[0]))["status"] != "cancelled":
