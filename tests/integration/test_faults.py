@@ -205,8 +205,12 @@ def test_a_client_that_hangs_up_while_queued_cancels_its_job(server):
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{server.base_url}/v1/completions", json={**LONG, "max_tokens": 5}, headers=headers, timeout=1.5)
     # The four streams are decoded two by two: each worker runs its two slots in one batch.
-    engine = httpx.get(f"{server.base_url}/health", timeout=30).json()["engine"]
-    assert sorted(model["peak_batch"] for model in engine if model["model"].startswith("demo")) == [2, 2], engine
+    deadline, peaks = time.monotonic() + 30, []
+    while time.monotonic() < deadline and peaks != [2, 2]:
+        engine = httpx.get(f"{server.base_url}/health", timeout=30).json()["engine"]
+        peaks = sorted(model["peak_batch"] for model in engine if model["model"].startswith("demo"))
+        time.sleep(0.5)
+    assert peaks == [2, 2], engine
     queued = rows(server, "SELECT id, status FROM inference_generationjob ORDER BY created_at DESC LIMIT 1")[0]
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and job_of(server, str(queued[0]))["status"] != "cancelled":
@@ -347,3 +351,37 @@ def test_a_worker_stopped_with_sigterm_hands_its_stream_over_and_exits_0(server)
     assert "handed back to the queue" in log.read_text(errors="replace")
     row = job_of(server, job_id)
     assert row["status"] == "succeeded" and row["completion_tokens"] == 160
+
+
+def test_a_request_queued_for_a_minute_behind_busy_workers_gets_its_stream(server):
+    ensure_workers(server)
+    headers = {"Authorization": f"Bearer {server.api_key}"}
+    stop, status_after_a_minute = threading.Event(), []
+
+    def blocker() -> None:  # a long reply, until the test hangs up
+        with httpx.stream("POST", f"{server.base_url}/v1/completions", headers=headers, timeout=300,
+                          json={**LONG, "max_tokens": 3000, "stream": True}) as response:
+            for _line in response.iter_lines():
+                if stop.is_set():
+                    return
+
+    def release() -> None:  # a minute on: the waiting job is still queued; the blockers hang up
+        newest = rows(server, "SELECT status FROM inference_generationjob ORDER BY created_at DESC LIMIT 1")
+        status_after_a_minute.append(newest[0][0])
+        stop.set()
+
+    blockers = [threading.Thread(target=blocker) for _ in range(4)]  # both workers' two slots
+    for thread in blockers:
+        thread.start()
+    time.sleep(3)
+    sent = time.monotonic()
+    timer = threading.Timer(60, release)
+    timer.start()
+    received = list(stream(server.base_url, "/v1/completions", {**LONG, "max_tokens": 8}, server.api_key))
+    timer.join()
+    for thread in blockers:
+        thread.join(timeout=60)
+    assert status_after_a_minute == ["queued"]
+    assert received[-1].done and not any(isinstance(e.data, dict) and "error" in e.data for e in received)
+    assert received[-1].at - sent > 60 and text_of(received)
+    print(f"\nqueued for {received[-1].at - sent:.0f} s behind busy workers, then streamed")

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from inference.relay import InProcessRelay, RedisStreamRelay
+from inference.relay import InProcessRelay, RedisStreamRelay, StreamLost
 
 
 @pytest.fixture(params=["in-process", "redis"])
@@ -33,7 +33,8 @@ def collect(relay, job_id, after=0, limit=None):
 def publish_tokens(relay, job_id, count, delay=0.0):
     import time
 
-    publisher = relay.publisher(job_id)
+    relay.claim(job_id, "worker-a")  # a stream has one writer: the worker that claimed the job
+    publisher = relay.publisher(job_id, "worker-a")
     publisher.publish({"kind": "started", "prompt_tokens": 3})
     for i in range(count):
         if delay:
@@ -94,11 +95,14 @@ def test_it_ends_a_job_no_worker_took_with_one_terminal_event(relay):
     assert collect(relay, job) == [(1, {"kind": "done", "finish_reason": "cancelled"})]
 
 
-def test_it_refuses_out_of_order_indexes_in_process():
+def test_it_refuses_out_of_order_indexes_and_other_writers_in_process():
     relay = InProcessRelay(ttl_seconds=60)
-    relay.append("job", 1, {"kind": "token"})
-    with pytest.raises(ValueError):
-        relay.append("job", 3, {"kind": "token"})
+    relay.claim("job", "worker-a")
+    relay.append("job", "worker-a", [(1, {"kind": "token"})])
+    with pytest.raises(StreamLost, match="expected event 2"):
+        relay.append("job", "worker-a", [(3, {"kind": "token"})])
+    with pytest.raises(StreamLost, match="written by worker-a"):
+        relay.append("job", "worker-b", [(2, {"kind": "token"})])
 
 
 def test_paced_batches_gather_a_fast_stream_into_few_writes_and_lose_nothing(relay):
@@ -127,7 +131,8 @@ def test_paced_batches_gather_a_fast_stream_into_few_writes_and_lose_nothing(rel
 
 def test_the_first_batch_comes_at_once_whatever_the_interval(relay):
     job = str(uuid.uuid4())
-    relay.publisher(job).publish({"kind": "started", "prompt_tokens": 3})
+    relay.claim(job, "worker-a")
+    relay.publisher(job, "worker-a").publish({"kind": "started", "prompt_tokens": 3})
 
     async def first():
         loop = asyncio.get_running_loop()
