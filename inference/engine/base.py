@@ -1,13 +1,14 @@
 """The contracts between the server and the backends: requests in, typed events out.
 
 Nothing here imports Django; the worker, the benchmarks and the tests use the engine alone.
-A backend turns a `ModelSpec` into a `LoadedModel`; a loaded model turns a `GenerationRequest`
-into a stream of `GenerationEvent`s, checking `should_stop` between tokens.
+A backend turns a `ModelSpec` into a `LoadedModel`: a `BatchModel` (engine/batch.py) whose slots the
+worker's scheduler decodes together, and the one output processor (engine/output.py) turns its token ids into
+the events the relay carries.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -92,28 +93,6 @@ class GenerationRequest:
     logprobs: int | None = None
 
 
-@dataclass(frozen=True)
-class GenerationEvent:
-    """One step of a generation, as the relay carries it.
-
-    kind "started": the prompt is accepted (prompt_tokens set); "token": `text` is new, complete
-    characters; "done": `finish_reason` and the counts and timings are set.
-    """
-
-    kind: Literal["started", "token", "done"]
-    text: str = ""
-    token_id: int | None = None
-    finish_reason: FinishReason | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    time_to_first_token: float | None = None  # seconds, from the start of prompt processing
-    dropped_messages: int = 0  # "started": the oldest turns left out to fit the context
-    tokens_per_second: float | None = None  # decode only
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v not in (None, "", 0) or k == "kind"}
-
-
 def reply_reserve(n_ctx: int) -> int:
     """Room a chat keeps for the reply when older turns are left out: a quarter of the context."""
     return n_ctx // 4
@@ -186,17 +165,18 @@ BACKEND_CAPABILITIES = {
 
 
 class LoadedModel(Protocol):
+    """What `Backend.load` returns: a `BatchModel` (engine/batch.py: slots of KV cache, `decode`, the prefix-cache
+    operations, tokenizer and samplers), and `embed` where the backend's capabilities say `embeddings`."""
+
     n_ctx: int
     memory_bytes: int
 
     def render_prompt(self, request: GenerationRequest) -> str:
         """The exact text the model sees: the chat template applied, or the raw prompt."""
 
-    def generate(
-        self, request: GenerationRequest, should_stop: Callable[[], bool] = lambda: False
-    ) -> Iterator[GenerationEvent]:
-        """Yield "started", then "token"s, then one "done". Raise ContextLengthExceeded before
-        "started" when the prompt does not fit."""
+    def embed(self, inputs: Sequence[str], should_stop: Callable[[], bool] = lambda: False) -> Any:
+        """One normalised vector per input (engine/embeddings.py's EmbeddingResult); only backends whose
+        capabilities include `embeddings` are given embedding jobs."""
 
     def close(self) -> None: ...
 

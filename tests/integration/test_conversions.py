@@ -15,6 +15,7 @@ from inference.models import JobStatus, LocalModel, ModelConversion
 from inference.services import model_import
 from inference.specs import model_spec
 from tests import factories
+from tests.unit.batch_runs import run_one
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -34,7 +35,7 @@ def generate_tokens(model: LocalModel, count: int = 4) -> int:
     loaded = backend_for(model.backend or {"gguf": "llamacpp", "mlx": "mlx"}[model.format]).load(model_spec(model))
     try:
         request = GenerationRequest(prompt="hello", sampling=SamplingParams(temperature=0), max_tokens=count)
-        return next(e for e in loaded.generate(request) if e.kind == "done").completion_tokens
+        return run_one(loaded, request).done["completion_tokens"]
     finally:
         loaded.close()
 
