@@ -120,6 +120,9 @@ HEARTH_DB_POOL_TIMEOUT = env_int("HEARTH_DB_POOL_TIMEOUT", 10, minimum=1)
 if env_str("DATABASE_URL"):
     DATABASES = {"default": dj_database_url.parse(env_str("DATABASE_URL"), conn_max_age=0)}
     if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        # CONN_HEALTH_CHECKS: the pool tests a connection as it hands it out (one round trip), so the connections a
+        # database restart cut are replaced instead of failing the first requests after it.
+        DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
         DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
             "min_size": 0, "max_size": HEARTH_DB_POOL_SIZE, "timeout": HEARTH_DB_POOL_TIMEOUT,
             "max_idle": 60, "reconnect_timeout": 30,

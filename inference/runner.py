@@ -40,6 +40,7 @@ from inference.specs import request_from_json
 from inference.worker import Engine, JobRun
 
 log = logging.getLogger(__name__)
+SHUTDOWN_WAIT_SECONDS = 5
 
 WAIT_POLL_SECONDS = 1.0
 DATABASE_OUTAGE_SECONDS = 60
@@ -314,5 +315,8 @@ def shut_down(worker: str) -> int:
     handed = 0
     for job_id in held:
         handed += hand_back(job_id, worker)
+    deadline = time.monotonic() + SHUTDOWN_WAIT_SECONDS  # the jobs' threads let go of their samplers first
+    while HELD.ids() and time.monotonic() < deadline:
+        time.sleep(0.05)
     MODEL_CACHE.clear()
     return handed

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import math
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,6 +25,9 @@ from inference.engine.sampling import SamplingParams
 
 MAX_TOP_LOGPROBS = 20
 BANNED = -100.0  # a logit bias at or below this bans the token (OpenAI's convention)
+
+
+_CLOSING = threading.Lock()
 
 
 class LlamaSampler:
@@ -79,14 +83,16 @@ class LlamaSampler:
         return math.isfinite(array.data[0].logit)
 
     def close(self) -> None:
+        """Free the chain and the grammar once, whoever calls first: the job's thread when it ends, or the model
+        closing every sampler still open (a worker shutting down does both at once)."""
         import llama_cpp
 
-        if self.chain:
-            llama_cpp.llama_sampler_free(self.chain)  # frees every sampler in the chain
-            self.chain = 0
-        if self.grammar:
-            llama_cpp.llama_sampler_free(self.grammar)
-            self.grammar = 0
+        with _CLOSING:
+            chain, grammar, self.chain, self.grammar = self.chain, self.grammar, 0, 0
+        if chain:
+            llama_cpp.llama_sampler_free(chain)  # frees every sampler in the chain
+        if grammar:
+            llama_cpp.llama_sampler_free(grammar)
 
     def __del__(self) -> None:  # a sampler dropped without close() still frees its chain
         with contextlib.suppress(Exception):  # at interpreter shutdown llama_cpp may be gone already
