@@ -21,6 +21,7 @@ from inference.engine.llamacpp import (
     load_failure,
     load_weights,
     model_metadata,
+    vocab_tokenize,
 )
 
 CACHE_NAME = "llamacpp-embedding"  # its key in the model cache, apart from the generation context
@@ -104,16 +105,7 @@ class LlamaCppEmbeddingModel:
 
     def tokenize(self, text: str) -> list[int]:
         """BOS added where the vocabulary wants one; special-token text stays plain text."""
-        import llama_cpp
-
-        data = text.encode("utf-8")
-        room = len(data) + 8
-        while True:
-            ids = (llama_cpp.llama_token * room)()
-            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), ids, room, True, False)
-            if n >= 0:
-                return ids[:n]
-            room = -n
+        return vocab_tokenize(self._vocab, text, add_bos=True, special=False)
 
     def embed(self, inputs: Sequence[str], should_stop: Callable[[], bool] = lambda: False) -> EmbeddingResult:
         """One normalised vector per input, in order. Every input is checked against the context first."""

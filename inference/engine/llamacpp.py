@@ -205,6 +205,20 @@ class TokenBatch:
         return sample_at
 
 
+def vocab_tokenize(vocab, text: str, *, add_bos: bool, special: bool) -> list[int]:
+    """llama_tokenize with a buffer that grows to what the text needs."""
+    import llama_cpp
+
+    data = text.encode("utf-8")
+    room = len(data) + 8
+    while True:
+        ids = (llama_cpp.llama_token * room)()
+        n = llama_cpp.llama_tokenize(vocab, data, len(data), ids, room, add_bos, special)
+        if n >= 0:
+            return ids[:n]
+        room = -n
+
+
 class KVCells:
     """Which of the cache's cells each slot uses, counted the way llama.cpp's unified cache does: a copied prefix
     shares its cells with the source (`llama_memory_seq_cp` adds a sequence to a cell), and a cell is free once no
@@ -335,17 +349,8 @@ class LlamaCppModel:
 
     def tokenize(self, text: str) -> list[int]:
         """Special tokens parsed; BOS added (where the vocabulary wants one) unless the text starts with it."""
-        import llama_cpp
-
-        data = text.encode("utf-8")
         add_bos = not (self.bos_text and text.startswith(self.bos_text))
-        room = len(data) + 8
-        while True:
-            ids = (llama_cpp.llama_token * room)()
-            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), ids, room, add_bos, True)
-            if n >= 0:
-                return ids[:n]
-            room = -n
+        return vocab_tokenize(self._vocab, text, add_bos=add_bos, special=True)
 
     def piece(self, token: int) -> bytes:
         """The bytes of one token as it reads in running text (its leading space kept; control tokens empty)."""
