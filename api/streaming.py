@@ -24,6 +24,7 @@ from django.conf import settings
 from django.http import StreamingHttpResponse
 
 from api.errors import error_payload, error_response
+from inference.following import follow
 from inference.models import GenerationJob
 from inference.relay import RelayUnavailable, get_relay, relay_unavailable_event
 
@@ -97,7 +98,7 @@ class JobEvents:
     def __init__(self, job_id: str, after: int = 0):
         self.job_id = str(job_id)
         interval = settings.HEARTH_STREAM_INTERVAL_MS / 1000
-        self._batches = get_relay().subscribe_batches(self.job_id, after, interval=interval)
+        self._batches = follow(self.job_id, after, interval=interval)
         self._first_batch: list[Numbered] = []
         self._ended = False
         self._last_index = after

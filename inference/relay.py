@@ -86,6 +86,26 @@ class JobPublisher:
         return self.index
 
 
+def publish_together(writes: list[tuple[JobPublisher, list[Event]]]) -> list[StreamLost | None]:
+    """Several publishers' events in one round trip where the relay can (a worker's step: one write for all its
+    jobs). One result per publisher: None when written, StreamLost when its stream is no longer its own. The
+    relay's own error (Redis down) is raised and nothing is taken: the caller keeps the events for the next try."""
+    if not writes:
+        return []
+    relay = writes[0][0].relay
+    appends = []
+    for publisher, events in writes:
+        numbered = [(publisher.index + offset, event) for offset, event in enumerate(events, start=1)]
+        appends.append((publisher.job_id, publisher.owner, numbered))
+    results = relay.append_many(appends)
+    for (publisher, events), (_job, _owner, numbered), result in zip(writes, appends, results, strict=True):
+        if result is None and numbered:
+            publisher.index = numbered[-1][0]
+            if is_terminal(events[-1]):
+                relay.expire(publisher.job_id)
+    return results
+
+
 class Relay:
     def claim(self, job_id: str, owner: str) -> list[Numbered]:
         """Become the only writer of a job's stream; returns the events published so far (by earlier owners)."""
@@ -101,6 +121,18 @@ class Relay:
         if existing and is_terminal(existing[-1][1]):
             return existing[-1][0]
         return self.publisher(str(job_id), owner, existing[-1][0] if existing else 0).publish(event)
+
+    def append_many(self, appends: list[tuple[str, str, list[Numbered]]]) -> list[StreamLost | None]:
+        """`append` for several streams (job id, owner, events); one result each (None: written). A relay that can
+        does it in one round trip."""
+        results: list[StreamLost | None] = []
+        for job_id, owner, numbered in appends:
+            try:
+                self.append(job_id, owner, numbered)
+                results.append(None)
+            except StreamLost as lost:
+                results.append(lost)
+        return results
 
     # Implemented by each relay.
     def append(self, job_id: str, owner: str, numbered: list[Numbered]) -> None:
@@ -200,6 +232,8 @@ class InProcessRelay(Relay):
             if stream.owner != owner:
                 raise StreamLost(f"job {job_id} is written by {stream.owner or 'nobody'} now, not {owner}")
             for index, event in numbered:
+                if index <= len(stream.events):
+                    continue  # sent again by its owner: it is there already (as on Redis)
                 if index != len(stream.events) + 1:
                     raise StreamLost(f"job {job_id} expected event {len(stream.events) + 1}, got {index}")
                 stream.events.append(event)
@@ -267,7 +301,10 @@ class InProcessRelay(Relay):
 
 # KEYS: stream, owner; ARGV: owner, a TTL, then (id, event json) pairs. The owner must match (or the stream and its
 # owner must both be gone, when Redis lost them); the appends run together, and the keys of a stream still being
-# written live a day (expire() shortens that once it ends).
+# written live a day (expire() shortens that once it ends). An append is idempotent: an event whose index the stream
+# already holds is skipped. Only the owner writes, so such an event is this owner's own, sent again because the
+# reply to the first try was lost (a timeout, a connection cut by a Redis restart, redis-py's own retry); refusing
+# it would make the owner believe its job was taken over and stop writing a stream nobody else writes.
 _APPEND_SCRIPT = """
 local owner = redis.call('GET', KEYS[2])
 if owner == false and redis.call('EXISTS', KEYS[1]) == 0 then
@@ -275,8 +312,15 @@ if owner == false and redis.call('EXISTS', KEYS[1]) == 0 then
 elseif owner ~= ARGV[1] then
   return redis.error_reply('HEARTH_STREAM_LOST')
 end
+local last = 0
+local tail = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #tail > 0 then
+  last = tonumber(string.match(tail[1][1], '^%d+'))
+end
 for i = 3, #ARGV, 2 do
-  redis.call('XADD', KEYS[1], ARGV[i], 'e', ARGV[i + 1])
+  if tonumber(string.match(ARGV[i], '^%d+')) > last then
+    redis.call('XADD', KEYS[1], ARGV[i], 'e', ARGV[i + 1])
+  end
 end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
@@ -321,17 +365,28 @@ class RedisStreamRelay(Relay):
         return [(int(entry_id.split(b"-")[0]), json.loads(fields[b"e"])) for entry_id, fields in entries]
 
     def append(self, job_id: str, owner: str, numbered: list[Numbered]) -> None:
+        result = self.append_many([(job_id, owner, numbered)])[0]
+        if result is not None:
+            raise result
+
+    def append_many(self, appends: list[tuple[str, str, list[Numbered]]]) -> list[StreamLost | None]:
         import redis
 
-        arguments = [owner, LIVE_STREAM_TTL_SECONDS]
-        for index, event in numbered:
-            arguments += [f"{index}-0", json.dumps(event)]
-        try:
-            self._append(keys=[self._key(job_id), self._owner_key(job_id)], args=arguments)
-        except redis.ResponseError as error:
-            if "HEARTH_STREAM_LOST" in str(error) or "equal or smaller" in str(error):
-                raise StreamLost(f"job {job_id}: {error}") from None
-            raise
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id, owner, numbered in appends:
+            arguments = [owner, LIVE_STREAM_TTL_SECONDS]
+            for index, event in numbered:
+                arguments += [f"{index}-0", json.dumps(event)]
+            self._append(keys=[self._key(job_id), self._owner_key(job_id)], args=arguments, client=pipe)
+        results: list[StreamLost | None] = []
+        for (job_id, _owner, _numbered), reply in zip(appends, pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(reply, redis.ResponseError) and "HEARTH_STREAM_LOST" in str(reply):
+                results.append(StreamLost(f"job {job_id}: {reply}"))
+            elif isinstance(reply, Exception):
+                raise reply
+            else:
+                results.append(None)
+        return results
 
     def expire(self, job_id: str) -> None:
         pipe = self.redis.pipeline(transaction=False)

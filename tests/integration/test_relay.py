@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from inference.relay import InProcessRelay, RedisStreamRelay, StreamLost
+from inference.relay import InProcessRelay, RedisStreamRelay, StreamLost, publish_together
 
 
 @pytest.fixture(params=["in-process", "redis"])
@@ -103,6 +103,34 @@ def test_it_refuses_out_of_order_indexes_and_other_writers_in_process():
         relay.append("job", "worker-a", [(3, {"kind": "token"})])
     with pytest.raises(StreamLost, match="written by worker-a"):
         relay.append("job", "worker-b", [(2, {"kind": "token"})])
+
+
+def test_an_append_sent_again_after_a_lost_reply_is_taken_once_and_the_stream_stays_its_owners(relay):
+    # The owner's first try reached the relay but its reply was lost (a timeout, a Redis restart): the owner sends
+    # the same events again. They are not doubled, and the owner is not told its job was taken over.
+    job = str(uuid.uuid4())
+    relay.claim(job, "worker-a")
+    first = [(1, {"kind": "started"}), (2, {"kind": "token", "text": "a"})]
+    relay.append(job, "worker-a", first)
+    relay.append(job, "worker-a", [*first, (3, {"kind": "token", "text": "b"})])
+    relay.append(job, "worker-a", [(4, {"kind": "done", "finish_reason": "stop"})])
+    assert [index for index, _ in collect(relay, job)] == [1, 2, 3, 4]
+    assert relay.read(job, 2) == [(3, {"kind": "token", "text": "b"}), (4, {"kind": "done", "finish_reason": "stop"})]
+
+
+def test_a_step_publishes_every_jobs_events_together_and_tells_which_stream_was_lost(relay):
+    mine, taken = str(uuid.uuid4()), str(uuid.uuid4())
+    relay.claim(mine, "worker-a")
+    relay.claim(taken, "worker-a")
+    first, second = relay.publisher(mine, "worker-a"), relay.publisher(taken, "worker-a")
+    relay.claim(taken, "worker-b")  # taken over meanwhile
+    results = publish_together([(first, [{"kind": "started"}, {"kind": "token", "text": "a"}]),
+                                (second, [{"kind": "token", "text": "x"}])])
+    assert results[0] is None and isinstance(results[1], StreamLost)
+    assert first.index == 2 and second.index == 0
+    assert publish_together([(first, [{"kind": "done", "finish_reason": "stop"}])]) == [None]
+    assert [index for index, _ in collect(relay, mine)] == [1, 2, 3]
+    assert relay.read(taken) == []
 
 
 def test_paced_batches_gather_a_fast_stream_into_few_writes_and_lose_nothing(relay):
