@@ -22,7 +22,7 @@ NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 LLAMA_CMAKE_ARGS := -DCMAKE_C_FLAGS="$(NO_AMX)" -DCMAKE_CXX_FLAGS="$(NO_AMX)"
 endif
 
-.PHONY: install run test lint bench worker clean-venv
+.PHONY: install run test lint bench worker converter clean-venv
 
 install: $(INSTALLED)
 
@@ -45,6 +45,9 @@ run: install
 
 worker: install
 	$(VENV)/bin/celery -A config worker -Q generation --loglevel INFO
+
+converter: install
+	$(VENV)/bin/celery -A config worker -Q conversions --concurrency 1 --hostname converter@%h --loglevel INFO
 
 test: install
 	$(VENV)/bin/ruff check .

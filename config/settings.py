@@ -179,7 +179,7 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # A worker's threads take jobs (one each, so a worker never holds more than it has slots) and feed its engine,
 # whose single thread decodes them all together (inference/worker.py).
 CELERY_WORKER_POOL = "threads"
-CELERY_TASK_DEFAULT_QUEUE = "generation"
+CELERY_TASK_DEFAULT_QUEUE = "generation"  # inference.tasks.GENERATION_QUEUE
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 if PRODUCTION:

@@ -52,9 +52,41 @@ def conversion_start(source: LocalModel, target: str, *, gguf_type: str = "f16",
 
 
 def _send(conversion_id: int) -> None:
-    from inference.tasks import model_convert
+    """To the converter: the embedded mode's own thread, else a converter worker on the "conversions" queue (never a
+    generation worker, whose threads and memory belong to the chats)."""
+    if settings.HEARTH_EMBEDDED_WORKER:
+        from inference.embedded import convert_in_background
 
-    model_convert.apply_async(args=[conversion_id], queue="generation")
+        convert_in_background(conversion_id)
+        return
+    from inference.tasks import CONVERSION_QUEUE, model_convert
+
+    model_convert.apply_async(args=[conversion_id], queue=CONVERSION_QUEUE)
+
+
+def converter_missing() -> str:
+    """Why a conversion started now would wait (no converter is alive), or "" when one will take it."""
+    from inference.presence import CONVERTER, get_presence
+
+    if settings.HEARTH_EMBEDDED_WORKER or get_presence(CONVERTER).live_workers():
+        return ""
+    return ("No converter is running, so it waits in the queue until one starts: `docker compose up -d converter`, "
+            "or `make converter` beside `make worker`.")
+
+
+def resume_orphaned_conversions(converter: str) -> int:
+    """Conversions whose converter died mid-way (its name is no longer alive): queued again and sent, so this
+    converter (or another) starts them over. Returns how many."""
+    from inference.presence import CONVERTER, get_presence
+
+    alive = set(get_presence(CONVERTER).live_workers()) | {converter}
+    orphans = [pk for pk, worker in ModelConversion.objects.filter(status=JobStatus.RUNNING)
+               .values_list("pk", "worker") if worker not in alive]
+    for pk in orphans:
+        if ModelConversion.objects.filter(pk=pk, status=JobStatus.RUNNING).update(
+                status=JobStatus.QUEUED, progress=0.0, worker=""):
+            _send(pk)
+    return len(orphans)
 
 
 def _progress_writer(conversion_id: int):
@@ -69,10 +101,11 @@ def _progress_writer(conversion_id: int):
     return report
 
 
-def conversion_run(conversion_id: int) -> ModelConversion:
-    """Run a queued conversion to the end: the file is written under MODELS_DIR and imported into the library."""
+def conversion_run(conversion_id: int, converter: str = "") -> ModelConversion:
+    """Run a queued conversion to the end: the file is written under MODELS_DIR and imported into the library.
+    A conversion already taken by a converter (a message delivered twice) is left to it."""
     claimed = ModelConversion.objects.filter(pk=conversion_id, status=JobStatus.QUEUED).update(
-        status=JobStatus.RUNNING)
+        status=JobStatus.RUNNING, worker=converter)
     conversion = ModelConversion.objects.select_related("source").get(pk=conversion_id)
     if not claimed:
         return conversion

@@ -1,10 +1,13 @@
-"""The embedded mode's worker: a Celery worker thread in the web process, on kombu's in-memory transport."""
+"""The embedded mode's workers, in the web process: a Celery worker thread on kombu's in-memory transport for the
+generation jobs, and one converter thread for the model conversions (never one of the generation slots)."""
 
 from __future__ import annotations
 
 import logging
 import socket
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
 
 from django.conf import settings
 
@@ -32,4 +35,43 @@ def start_embedded_worker() -> threading.Thread:
     thread = threading.Thread(target=worker.start, name="hearth-embedded-worker", daemon=True)
     thread.start()
     start_worker_heartbeat(hostname)
+    try:
+        resume_conversions()
+    except Exception:
+        log.warning("could not look for unfinished conversions", exc_info=True)
     return thread
+
+
+@cache
+def _converter() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="hearth-converter")
+
+
+def convert_in_background(conversion_id: int) -> None:
+    """Run a queued conversion on this process's converter thread, one after the other."""
+    _converter().submit(_convert, conversion_id)
+
+
+def _convert(conversion_id: int) -> None:
+    from django.db import close_old_connections
+
+    from inference.conversions import conversion_run
+
+    try:
+        conversion_run(conversion_id, f"embedded@{socket.gethostname()}")
+    except Exception:
+        log.exception("conversion %s failed", conversion_id)
+    finally:
+        close_old_connections()
+
+
+def resume_conversions() -> int:
+    """At start: the conversions this server had queued or running when it stopped start over."""
+    from inference.models import JobStatus, ModelConversion
+
+    unfinished = list(ModelConversion.objects.filter(status__in=[JobStatus.QUEUED, JobStatus.RUNNING])
+                      .values_list("pk", flat=True))
+    ModelConversion.objects.filter(pk__in=unfinished).update(status=JobStatus.QUEUED, progress=0.0, worker="")
+    for pk in unfinished:
+        convert_in_background(pk)
+    return len(unfinished)

@@ -114,9 +114,9 @@ def wake_queued() -> int:
 
 
 def _send_task(job_id: str) -> None:
-    from inference.tasks import generation_run
+    from inference.tasks import GENERATION_QUEUE, generation_run
 
-    generation_run.apply_async(args=[job_id], queue="generation")
+    generation_run.apply_async(args=[job_id], queue=GENERATION_QUEUE)
 
 
 class Reaper:

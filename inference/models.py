@@ -131,6 +131,7 @@ class ModelConversion(models.Model):
     options = models.JSONField(default=dict, blank=True)  # {"type": "q4_k_m"} or {"bits": 4}
     result_name = models.CharField(max_length=128, validators=[model_id_validator])
     status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.QUEUED)
+    worker = models.CharField(max_length=200, blank=True)  # the converter running it (presence name)
     progress = models.FloatField(default=0.0)
     result = models.ForeignKey(LocalModel, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     error_text = models.TextField(blank=True)

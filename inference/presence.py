@@ -20,14 +20,18 @@ from functools import cache
 from django.conf import settings
 
 log = logging.getLogger(__name__)
-KEY_PREFIX = "hearth:worker:"
+WORKER = "worker"  # a generation worker: holds models and jobs
+CONVERTER = "converter"  # a conversion worker (the "conversions" queue): converts models, serves no job
 CHANGE_POLL_SECONDS = 0.5  # how soon a newly loaded (or evicted) model shows
 
 Loaded = list[tuple[str, str]]  # (backend, model path) pairs
 
 
 class Presence:
-    def __init__(self) -> None:
+    """The live processes of one role (WORKER or CONVERTER)."""
+
+    def __init__(self, role: str = WORKER) -> None:
+        self.key_prefix = f"hearth:{role}:"
         self._local: dict[str, tuple[float, Loaded]] = {}
         self._engine: dict[str, list] = {}
         self._redis = None
@@ -47,7 +51,7 @@ class Presence:
         loaded = [(str(backend), str(path)) for backend, path in loaded or []]
         if self._redis is not None:
             payload = json.dumps({"at": time.time(), "loaded": loaded, "engine": engine or []})
-            self._redis.set(KEY_PREFIX + hostname, payload, ex=self.ttl)
+            self._redis.set(self.key_prefix + hostname, payload, ex=self.ttl)
         else:
             self._local[hostname] = (time.monotonic(), loaded)
             self._engine[hostname] = engine or []
@@ -55,19 +59,19 @@ class Presence:
     def engine_stats(self) -> dict[str, list]:
         """Every live worker's schedulers, as its last beat reported them."""
         if self._redis is not None:
-            keys = list(self._redis.scan_iter(KEY_PREFIX + "*"))
+            keys = list(self._redis.scan_iter(self.key_prefix + "*"))
             values = self._redis.mget(keys) if keys else []
             stats = {}
             for key, value in zip(keys, values, strict=True):
                 with contextlib.suppress(ValueError, TypeError, AttributeError):
-                    stats[key.decode()[len(KEY_PREFIX):]] = json.loads(value).get("engine", [])
+                    stats[key.decode()[len(self.key_prefix):]] = json.loads(value).get("engine", [])
             return stats
         live = set(self.live_workers())
         return {name: list(stats) for name, stats in self._engine.items() if name in live}
 
     def leave(self, hostname: str) -> None:
         if self._redis is not None:
-            self._redis.delete(KEY_PREFIX + hostname)
+            self._redis.delete(self.key_prefix + hostname)
         else:
             self._local.pop(hostname, None)
             self._engine.pop(hostname, None)
@@ -78,9 +82,9 @@ class Presence:
     def loaded_models(self) -> dict[str, Loaded]:
         """Every live worker with the (backend, model path) pairs it holds loaded."""
         if self._redis is not None:
-            keys = list(self._redis.scan_iter(KEY_PREFIX + "*"))
+            keys = list(self._redis.scan_iter(self.key_prefix + "*"))
             values = self._redis.mget(keys) if keys else []
-            return {key.decode()[len(KEY_PREFIX):]: _parse_loaded(value)
+            return {key.decode()[len(self.key_prefix):]: _parse_loaded(value)
                     for key, value in zip(keys, values, strict=True) if value is not None}
         now = time.monotonic()
         return {name: list(loaded) for name, (seen, loaded) in self._local.items() if now - seen < self.ttl}
@@ -94,9 +98,16 @@ def _parse_loaded(value: bytes) -> Loaded:
         return []  # a beat from an older worker: a bare timestamp
 
 
+def get_presence(role: str = WORKER) -> Presence:
+    return _presence_of(role)  # one per role, however the role is passed
+
+
 @cache
-def get_presence() -> Presence:
-    return Presence()
+def _presence_of(role: str) -> Presence:
+    return Presence(role)
+
+
+get_presence.cache_clear = _presence_of.cache_clear
 
 
 def loaded_backends_by_path() -> dict[str, list[str]]:
@@ -139,8 +150,10 @@ class Heartbeat:
     apart, so that a database that hangs (its pool waits up to HEARTH_DB_POOL_TIMEOUT) never stops the beat in
     Redis, which tells the reaper this worker is alive when its leases lapse during a database outage."""
 
-    def __init__(self, hostname: str, loaded: Callable[[], Loaded | None] = cached_models, *, leases: bool = False):
+    def __init__(self, hostname: str, loaded: Callable[[], Loaded | None] = cached_models, *, leases: bool = False,
+                 role: str = WORKER):
         self.hostname = hostname
+        self.role = role
         self._loaded = loaded
         self._leases = leases
         self._last: Loaded = []
@@ -152,7 +165,7 @@ class Heartbeat:
     def start(self) -> None:
         self._last = self._loaded() or []
         with contextlib.suppress(Exception):  # Redis down at start: the thread keeps trying
-            get_presence().beat(self.hostname, self._last, engine_stats())
+            get_presence(self.role).beat(self.hostname, self._last, engine_stats())
         self._thread.start()
         if self._leases:
             self._lease_thread.start()
@@ -162,7 +175,7 @@ class Heartbeat:
         if self._thread.is_alive():
             self._thread.join(timeout=5)  # so that no beat lands after the leave
         with contextlib.suppress(Exception):
-            get_presence().leave(self.hostname)
+            get_presence(self.role).leave(self.hostname)
 
     def _run(self) -> None:
         period = settings.HEARTH_WORKER_HEARTBEAT_SECONDS
@@ -176,7 +189,7 @@ class Heartbeat:
                 self._last = loaded
             # A Redis blip must not kill the beat; the next one retries.
             with contextlib.suppress(Exception):
-                get_presence().beat(self.hostname, self._last, engine_stats())
+                get_presence(self.role).beat(self.hostname, self._last, engine_stats())
                 last_beat = time.monotonic()
 
     def _tend_leases_every_beat(self) -> None:

@@ -119,9 +119,9 @@ def embedding_start(*, owner, model: LocalModel, inputs: list[str], api_key=None
 
 
 def _send_generation_task(job_id: str) -> None:
-    from inference.tasks import generation_run
+    from inference.tasks import GENERATION_QUEUE, generation_run
 
-    generation_run.apply_async(args=[job_id], queue="generation")
+    generation_run.apply_async(args=[job_id], queue=GENERATION_QUEUE)
 
 
 def generation_cancel(job: GenerationJob) -> None:

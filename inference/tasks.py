@@ -16,6 +16,8 @@ from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 from inference.presence import Heartbeat
 
 log = logging.getLogger(__name__)
+GENERATION_QUEUE = "generation"  # generation_run: a generation worker's slots
+CONVERSION_QUEUE = "conversions"  # model_convert: a converter (`celery worker -Q conversions -c 1`)
 OUTAGE_RETRY_SECONDS = 3
 _heartbeats: dict[str, Heartbeat] = {}
 
@@ -39,9 +41,10 @@ def model_convert(conversion_id: int) -> None:
     from django.db import close_old_connections
 
     from inference.conversions import conversion_run
+    from inference.runner import worker_name
 
     close_old_connections()
-    conversion_run(conversion_id)
+    conversion_run(conversion_id, worker_name())
 
 
 def start_worker_heartbeat(hostname: str) -> Heartbeat:
@@ -65,9 +68,38 @@ def start_worker_heartbeat(hostname: str) -> Heartbeat:
     return beat
 
 
+def start_converter_heartbeat(hostname: str) -> Heartbeat:
+    """A converter beats as a converter (it never counts as a generation worker, holds no lease) and starts over
+    the conversions a converter that died left running."""
+    from django.db import close_old_connections
+
+    from inference.conversions import resume_orphaned_conversions
+    from inference.presence import CONVERTER
+    from inference.runner import name_worker
+
+    name = name_worker(hostname)
+    beat = _heartbeats[name] = Heartbeat(name, lambda: [], role=CONVERTER)
+    beat.start()
+    try:
+        resumed = resume_orphaned_conversions(name)
+        if resumed:
+            log.warning("%d conversion(s) left by a converter that died started over", resumed)
+    except Exception:
+        log.warning("could not look for orphaned conversions", exc_info=True)
+    finally:
+        close_old_connections()
+    return beat
+
+
 @worker_ready.connect
 def _start_heartbeat(sender, **_kwargs) -> None:
-    start_worker_heartbeat(sender.hostname)
+    """A worker on the generation queue beats as a generation worker; one on the conversions queue alone, as a
+    converter. (The embedded mode's worker starts its own beat: inference/embedded.py.)"""
+    queues = {queue.name for queue in sender.task_consumer.queues}
+    if GENERATION_QUEUE in queues:
+        start_worker_heartbeat(sender.hostname)
+    elif CONVERSION_QUEUE in queues:
+        start_converter_heartbeat(sender.hostname)
 
 
 @worker_shutting_down.connect

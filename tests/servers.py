@@ -179,6 +179,12 @@ class HearthServer:
                                  "--hostname", f"{name}-{self.port}@%h", "--loglevel", "INFO",
                                  "--without-mingle", "--without-gossip"])
 
+    def start_converter(self, name: str = "converter") -> subprocess.Popen:
+        """A converter as docker-compose.yml runs it: the conversions queue, one at a time."""
+        return self.spawn(name, [PYTHON, "-m", "celery", "-A", "config", "worker", "-Q", "conversions",
+                                 "--concurrency", "1", "--hostname", f"{name}-{self.port}@%h", "--loglevel", "INFO",
+                                 "--without-mingle", "--without-gossip"])
+
     def wait_healthy(self, timeout: float = 90, workers: int = 1) -> dict:
         deadline = time.monotonic() + timeout
         last = None

@@ -22,7 +22,7 @@ from django.views.decorators.http import require_POST
 from config import text as request_text
 from config.paths import paths_for
 from inference import selectors as inference_selectors
-from inference.conversions import GGUF_TYPES, conversion_start
+from inference.conversions import GGUF_TYPES, conversion_start, converter_missing
 from inference.engine.base import EngineError
 from inference.engine.chat_template import conventional_template
 from inference.engine.registry import choose_backend
@@ -190,7 +190,11 @@ def model_convert(request, name: str):
     except EngineError as error:
         flash.error(request, error.message)
     else:
-        flash.success(request, f"Converting {model.name} to {target}; the result joins the library when done.")
+        waiting = converter_missing()
+        if waiting:
+            flash.warning(request, f"Conversion of {model.name} to {target} queued. {waiting}")
+        else:
+            flash.success(request, f"Converting {model.name} to {target}; the result joins the library when done.")
     return redirect("webui:model_detail", name=model.name)
 
 

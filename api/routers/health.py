@@ -7,7 +7,7 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from ninja import Router
 
-from inference.presence import get_presence
+from inference.presence import CONVERTER, get_presence
 from inference.selectors import queued_count
 
 router = Router(tags=["Health"])
@@ -34,6 +34,13 @@ def _broker_state() -> str:
         return f"error: {error}"
 
 
+def _converters(broker: str) -> dict:
+    if settings.HEARTH_EMBEDDED_WORKER:
+        return {"embedded": True}
+    names = get_presence(CONVERTER).live_workers() if broker.startswith("ok") else []
+    return {"alive": len(names), "names": names}
+
+
 @router.get("/health", summary="Server health")
 def health(request: HttpRequest):
     database, broker = _database_state(), _broker_state()
@@ -46,6 +53,8 @@ def health(request: HttpRequest):
         "database": database,
         "broker": broker,
         "workers": {"alive": len(workers), "names": workers},
+        # Model conversions run apart (the "conversions" queue); the embedded mode converts in its own thread.
+        "converters": _converters(broker),
         # Per worker, per loaded model: slots (sequences decoded together), running, waiting, cached.
         "engine": [{"worker": name, **model} for name, models in sorted(engine.items()) for model in models],
         "queued_jobs": queued_count() if database == "ok" else None,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import time
 
 import pytest
 from django.core.management import CommandError, call_command
 from django.test import override_settings
 
+from inference.conversions import conversion_start, resume_orphaned_conversions
 from inference.engine.base import GenerationRequest
 from inference.engine.registry import backend_for
 from inference.engine.sampling import SamplingParams
@@ -68,3 +70,36 @@ def test_it_refuses_to_convert_a_gguf_model(tmp_path):
 def test_it_refuses_an_unknown_model():
     with pytest.raises(CommandError, match="No model"):
         call_command("convert_model", "nope", "--to", "gguf")
+
+
+def finished(conversion: ModelConversion, timeout: float = 60) -> ModelConversion:
+    deadline = time.monotonic() + timeout
+    while True:
+        conversion.refresh_from_db()
+        if conversion.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
+            return conversion
+        assert time.monotonic() < deadline, f"conversion still {conversion.status}"
+        time.sleep(0.2)
+
+
+def test_in_the_embedded_mode_a_conversion_runs_on_the_servers_converter_thread(hf_model):
+    conversion = finished(conversion_start(hf_model, "gguf", gguf_type="f32"))
+    assert conversion.status == JobStatus.SUCCEEDED
+    assert conversion.worker.startswith("embedded@")
+    assert LocalModel.objects.filter(name="hf-tiny-f32").exists()
+
+
+def test_a_conversion_its_converter_died_running_starts_over_and_finishes(hf_model):
+    conversion = conversion_start(hf_model, "gguf", gguf_type="f32", dispatch=False)
+    ModelConversion.objects.filter(pk=conversion.pk).update(
+        status=JobStatus.RUNNING, worker="converter@gone#dead00", progress=0.4)
+    assert resume_orphaned_conversions("converter@here#11ve00") == 1
+    assert finished(conversion).status == JobStatus.SUCCEEDED
+
+
+def test_a_conversion_running_on_a_live_converter_is_left_to_it(hf_model):
+    conversion = conversion_start(hf_model, "gguf", gguf_type="f32", dispatch=False)
+    ModelConversion.objects.filter(pk=conversion.pk).update(status=JobStatus.RUNNING, worker="converter@here#11ve00")
+    assert resume_orphaned_conversions("converter@here#11ve00") == 0
+    conversion.refresh_from_db()
+    assert (conversion.status, conversion.worker) == (JobStatus.RUNNING, "converter@here#11ve00")

@@ -8,7 +8,7 @@ import uuid
 import pytest
 import redis
 
-from inference.presence import KEY_PREFIX, Heartbeat, Presence, get_presence
+from inference.presence import CONVERTER, Heartbeat, Presence, get_presence
 
 
 @pytest.fixture(params=["in-process", "redis"])
@@ -31,10 +31,25 @@ def test_a_beat_carries_the_models_a_worker_holds(presence):
 def test_a_beat_from_an_older_worker_counts_as_alive_with_nothing_loaded(settings, private_redis):
     settings.REDIS_URL = private_redis.url
     worker = f"old-{uuid.uuid4().hex[:8]}@test"
-    redis.Redis.from_url(private_redis.url).set(KEY_PREFIX + worker, str(time.time()), ex=30)
     presence = Presence()
+    redis.Redis.from_url(private_redis.url).set(presence.key_prefix + worker, str(time.time()), ex=30)
     assert worker in presence.live_workers() and presence.loaded_models()[worker] == []
     presence.leave(worker)
+
+
+def test_a_converter_is_alive_as_a_converter_and_never_counts_as_a_generation_worker(settings, private_redis):
+    settings.REDIS_URL = private_redis.url
+    get_presence.cache_clear()
+    converter = f"converter-{uuid.uuid4().hex[:8]}@test"
+    beat = Heartbeat(converter, lambda: [], role=CONVERTER)
+    beat.start()
+    try:
+        assert converter in get_presence(CONVERTER).live_workers()
+        assert converter not in get_presence().live_workers()
+    finally:
+        beat.stop()
+        get_presence.cache_clear()
+    assert converter not in Presence(CONVERTER).live_workers()
 
 
 def test_the_heartbeat_beats_at_once_when_the_loaded_models_change(presence, settings):

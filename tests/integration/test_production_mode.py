@@ -3,6 +3,7 @@ PostgreSQL. The same API, the same answers as embedded mode."""
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 
@@ -11,7 +12,8 @@ import openai
 import psycopg
 import pytest
 
-from tests.conftest import openai_client
+from tests.conftest import DEMO_EOG, openai_client
+from tests.integration.chat_client import login
 from tests.servers import POSTGRES_URL
 
 pytestmark = pytest.mark.production
@@ -52,7 +54,7 @@ def test_it_refuses_an_over_long_prompt_with_400_from_the_worker(production_serv
 
 def test_an_sse_client_that_disconnects_has_its_job_stopped_after_the_resume_grace(production_server):
     body = {"model": "demo", "messages": [{"role": "user", "content": "Write a long story."}], "stream": True,
-            "max_tokens": 4000}
+            "max_tokens": 4000, "logit_bias": DEMO_EOG}
     headers = {"Authorization": f"Bearer {production_server.api_key}"}
     with httpx.stream("POST", f"{production_server.base_url}/v1/chat/completions", json=body, headers=headers,
                       timeout=120) as response:
@@ -94,3 +96,47 @@ def test_it_answers_503_once_no_worker_is_alive(production_server):
     finally:  # the server is shared by the whole session: the tests after this one get a worker again
         production_server.start_celery_worker("worker-revived")
         production_server.wait_healthy(workers=1)
+
+
+def conversion_rows(server) -> list[tuple]:
+    with psycopg.connect(f"{POSTGRES_URL}/{server.postgres_database}") as connection:
+        return connection.execute(
+            "SELECT status, worker, error_text FROM inference_modelconversion ORDER BY created_at").fetchall()
+
+
+def test_a_conversion_waits_for_a_converter_and_runs_there_never_on_a_generation_worker(production_server, tiny_hf):
+    production_server.manage("import_model", str(tiny_hf), "--name", "tiny-hf-to-convert")
+    admin = login(production_server)
+    page = admin.get("/models/tiny-hf-to-convert/")
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+    health = admin.get("/health").json()
+    assert health["converters"] == {"alive": 0, "names": []}
+
+    # No converter yet: the admin is told it waits, and the generation worker leaves it alone.
+    answer = admin.post("/models/tiny-hf-to-convert/convert/", data={
+        "target": "gguf", "type": "f16", "csrfmiddlewaretoken": token},
+        headers={"Referer": f"{production_server.base_url}/models/tiny-hf-to-convert/"})
+    assert "No converter is running" in answer.text
+    time.sleep(3)
+    assert conversion_rows(production_server)[-1][:2] == ("queued", "")
+
+    converter = production_server.start_converter()
+    try:
+        deadline = time.monotonic() + 120
+        while conversion_rows(production_server)[-1][0] in ("queued", "running"):
+            assert time.monotonic() < deadline, production_server.log_tail()
+            time.sleep(0.5)
+        status, worker, error = conversion_rows(production_server)[-1]
+        assert (status, error) == ("succeeded", "")
+        assert worker.startswith(f"converter-{production_server.port}@")
+        converters = admin.get("/health").json()["converters"]
+        assert converters["alive"] == 1 and converters["names"][0].startswith("converter-")
+        assert admin.get("/health").json()["workers"]["alive"] == 1  # a converter is no generation worker
+        # The result joins the library and the generation worker serves it.
+        reply = openai_client(production_server).chat.completions.create(
+            model="tiny-hf-to-convert-f16", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+        assert reply.usage.completion_tokens == 2
+    finally:
+        converter.terminate()
+        converter.wait(timeout=30)
+        production_server.processes.remove(converter)

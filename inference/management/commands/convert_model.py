@@ -5,14 +5,14 @@ from django.core.management.base import BaseCommand, CommandError
 from inference.conversions import GGUF_TYPES, conversion_run, conversion_start
 from inference.engine.base import EngineError
 from inference.models import JobStatus, ModelConversion
-from inference.presence import get_presence
+from inference.presence import CONVERTER, get_presence
 from inference.selectors import model_by_name
 
 
 class Command(BaseCommand):
     help = (
         "Convert a Hugging Face model of the library to GGUF (for llama.cpp) or MLX, as a background job with "
-        "progress; the result joins the library. A running worker takes the job; with none, it runs here."
+        "progress; the result joins the library. A running converter takes the job; with none, it runs here."
     )
 
     def add_arguments(self, parser):
@@ -26,7 +26,7 @@ class Command(BaseCommand):
         source = model_by_name(model_id)
         if source is None:
             raise CommandError(f"No model {model_id!r} in the library.")
-        on_worker = bool(get_presence().live_workers())
+        on_worker = bool(get_presence(CONVERTER).live_workers())
         try:
             conversion = conversion_start(source, to, gguf_type=type, bits=bits, name=name, dispatch=on_worker)
         except EngineError as error:
