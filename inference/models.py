@@ -8,6 +8,8 @@ from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
 
+from inference.engine.backends import BACKENDS
+
 model_id_validator = RegexValidator(
     r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",
     "A model id starts with a letter or digit and uses only letters, digits and . _ : - (at most 128).",
@@ -17,12 +19,6 @@ model_id_validator = RegexValidator(
 class ModelFormat(models.TextChoices):
     GGUF = "gguf", "GGUF"
     HF_SAFETENSORS = "hf-safetensors", "Hugging Face safetensors"
-    MLX = "mlx", "MLX"
-
-
-class BackendName(models.TextChoices):
-    LLAMACPP = "llamacpp", "llama.cpp"
-    TORCH = "torch", "PyTorch (Hearth engine)"
     MLX = "mlx", "MLX"
 
 
@@ -40,7 +36,8 @@ class LocalModel(models.Model):
     chat_template_source = models.CharField(max_length=32, blank=True)
     size_bytes = models.BigIntegerField(default=0)
     backend = models.CharField(
-        max_length=16, choices=BackendName.choices, blank=True, help_text="Empty: the format's native backend."
+        max_length=16, choices=[(backend.name, backend.label) for backend in BACKENDS], blank=True,
+        help_text="Empty: the format's native backend.",
     )
     metadata = models.JSONField(default=dict, blank=True)
     # The chat page's reply length when the conversation sets none (a user may raise it up to the context).
@@ -131,10 +128,10 @@ class ModelConversion(models.Model):
     options = models.JSONField(default=dict, blank=True)  # {"type": "q4_k_m"} or {"bits": 4}
     result_name = models.CharField(max_length=128, validators=[model_id_validator])
     status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.QUEUED)
-    worker = models.CharField(max_length=200, blank=True)  # the converter running it (presence name)
     progress = models.FloatField(default=0.0)
     result = models.ForeignKey(LocalModel, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     error_text = models.TextField(blank=True)
+    worker = models.CharField(max_length=200, blank=True)  # the converter running it (presence name)
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 

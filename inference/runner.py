@@ -298,7 +298,7 @@ def run_embedding_job(job: GenerationJob, worker: str) -> None:
     except StreamLost:
         return
     except Exception as error:
-        failure_fields, terminal = _failure(error, "llamacpp")
+        failure_fields, terminal = _failure(error, fields.get("backend"))
         fields.update(failure_fields)
     if _finish_row(job, worker, **fields):
         _publish_with_retry(publisher.publish, terminal)

@@ -2,9 +2,10 @@
 
 For each backend of the chain, in order: skip it when it cannot honour what the request needs (its declared
 capabilities), when it is not installed, or when the model's weights would not fit the memory budget; a
-Hugging Face model reaching llama.cpp is converted to an f16 GGUF first (once: the file is kept beside the
-library); then load. Every backend passed over becomes a step on the job ({"backend", "step", "reason",
-"remedy"}), and when none can serve, NoBackendCanServe (503) lists them all with what to do.
+model that the backend runs only once converted (a Hugging Face model on llama.cpp) becomes an f16 GGUF first
+(once: the file is kept beside the library); then load. Every backend passed over becomes a step on the job
+({"backend", "step", "reason", "remedy"}), and when none can serve, NoBackendCanServe (503) lists them all with
+what to do. What each backend is and does comes from engine/backends.py.
 """
 
 from __future__ import annotations
@@ -17,30 +18,29 @@ from typing import Any
 
 from django.conf import settings
 
+from inference.engine.backends import (
+    BACKENDS,
+    GGUF_CONVERSION_TYPE,
+    BackendInfo,
+    backend_names,
+    find_backend,
+    unknown_backend,
+)
 from inference.engine.base import (
-    BACKEND_CAPABILITIES,
     SAMPLING_PARAMETERS,
     BackendUnavailable,
     LoadedModel,
     ModelRefused,
     ModelSpec,
 )
-from inference.engine.registry import (
-    ModelCache,
-    backend_for,
-    capabilities_for,
-    choose_backend,
-    installed,
-    weights_bytes,
-)
+from inference.engine.registry import ModelCache, backend_for, choose_backend
 from inference.engine.sampling import SamplingParams
-from inference.models import GenerationJob, LocalModel
+from inference.models import GenerationJob, LocalModel, ModelFormat
 from inference.specs import model_spec
 
 log = logging.getLogger(__name__)
 
 CONVERTED_DIR_NAME = "converted"  # under MODELS_DIR: GGUF files made for llama.cpp from library models
-CONVERTED_TYPE = "f16"
 NEED_NAMES = {"structured_output": "structured output (a grammar, a JSON schema or a forced tool call)",
               "embeddings": "embeddings", "logprobs": "logprobs"}
 
@@ -97,11 +97,11 @@ def describe_needs(missing: list[str]) -> str:
     return ", ".join(NEED_NAMES.get(need) or need.replace("sampling:", "the sampling parameter ") for need in missing)
 
 
-def serves_format(name: str, model: LocalModel) -> bool:
+def serves_format(backend: BackendInfo, model: LocalModel) -> bool:
     """Whether the backend loads this model's format, directly or (llama.cpp) through a conversion."""
-    if model.format in capabilities_for(name).formats:
+    if model.format in backend.capabilities.formats:
         return True
-    return name == "llamacpp" and model.format == "hf-safetensors" and _convertible(model)
+    return model.format in backend.converted_formats and _convertible(model)
 
 
 def capability_refusal(model: LocalModel, requested: str | None, needs: frozenset[str]) -> str | None:
@@ -111,38 +111,52 @@ def capability_refusal(model: LocalModel, requested: str | None, needs: frozense
     chain = model_chain(model, requested)
     lacking = {}
     for name in chain:
-        if name not in BACKEND_CAPABILITIES:
+        backend = find_backend(name)
+        if backend is None:
             lacking[name] = "a backend Hearth has"
             continue
-        missing = capabilities_for(name).lacks(needs)
-        if not missing and serves_format(name, model):
+        missing = backend.capabilities.lacks(needs)
+        if not missing and serves_format(backend, model):
             return None
         lacking[name] = describe_needs(missing) if missing else f"the {model.get_format_display()} format"
-    able = [name for name in ("llamacpp", "torch", "mlx") if not capabilities_for(name).lacks(needs)]
-    return (
-        f"{model.name!r} runs on {' → '.join(chain)}, and none of them can do it "
-        f"({'; '.join(f'{name}: not {what}' for name, what in lacking.items())}). "
-        f"{' and '.join(_display(a) for a in able) or 'No backend'} can: choose it with the 'backend' field "
-        "(a Hugging Face model is converted to GGUF for llama.cpp), or leave the parameter out."
-    )
+    reasons = "; ".join(f"{name}: not {what}" for name, what in lacking.items())
+    return (f"{model.name!r} runs on {' → '.join(chain)}, and none of them can do it ({reasons}). "
+            f"{_who_can(model, needs)}")
+
+
+def _who_can(model: LocalModel, needs: frozenset[str]) -> str:
+    """The backends outside the chain that could, and how to get there."""
+    able = [backend for backend in BACKENDS if not backend.capabilities.lacks(needs)]
+    serving = [backend for backend in able if serves_format(backend, model)]
+    if serving:
+        converted = [backend.label for backend in serving if model.format not in backend.capabilities.formats]
+        note = f" (the model is converted to GGUF for {' and '.join(converted)} first)" if converted else ""
+        return (f"{' and '.join(backend.label for backend in serving)} can: set the 'backend' field to "
+                f"{' or '.join(repr(backend.name) for backend in serving)}{note}, or leave the parameter out.")
+    if able:
+        return (f"{' and '.join(backend.label for backend in able)} can, but not from a model in "
+                f"{model.get_format_display()} format: import a build of it in {_format_names(able)} format, "
+                "or leave the parameter out.")
+    return "No backend can: leave the parameter out."
 
 
 def backend_rows(model: LocalModel) -> list[dict[str, Any]]:
     """The model page's matrix: per backend, its capabilities, whether it reads this model, whether it is here."""
     chain = model_chain(model)
     rows = []
-    for name, capabilities in BACKEND_CAPABILITIES.items():
+    for backend in BACKENDS:
+        capabilities = backend.capabilities
         if model.format in capabilities.formats:
             reads = "yes"
-        elif serves_format(name, model):
+        elif serves_format(backend, model):
             reads = "after conversion to GGUF"
         else:
             reads = "no"
         all_sampling = set(capabilities.sampling) == set(SAMPLING_PARAMETERS)
         rows.append({
-            "name": name, "display": _display(name), "capabilities": capabilities, "reads": reads,
-            "installed": installed(name), "install": _install_remedy(name),
-            "in_chain": chain.index(name) + 1 if name in chain else None,
+            "name": backend.name, "display": backend.label, "capabilities": capabilities, "reads": reads,
+            "installed": backend.installed(), "install": backend.install_remedy(),
+            "in_chain": chain.index(backend.name) + 1 if backend.name in chain else None,
             "sampling": "all" if all_sampling else "all but " + ", ".join(
                 p for p in SAMPLING_PARAMETERS if p not in capabilities.sampling),
         })
@@ -169,37 +183,39 @@ def select_and_load(cache: ModelCache, model: LocalModel, requested: str | None 
 def _try(cache: ModelCache, name: str, model: LocalModel, spec: ModelSpec, needs: frozenset[str]
          ) -> tuple[LoadedModel, str]:
     """Load on one backend: (the model, a note when it was converted first), or StepFailed saying why not."""
+    info = find_backend(name)
+    if info is None:
+        raise StepFailed(unknown_backend(name), "set the 'backend' field to one of them, or leave it out")
     try:
         backend = backend_for(name)
     except BackendUnavailable as error:
-        raise StepFailed(error.message, _install_remedy(name)) from error
-    missing = backend.capabilities.lacks(needs)
+        raise StepFailed(error.message, info.install_remedy()) from error
+    missing = info.capabilities.lacks(needs)
     if missing:
-        others = [n for n in ("llamacpp", "torch", "mlx") if n != name and not capabilities_for(n).lacks(needs)]
+        others = [other for other in BACKENDS if other is not info and not other.capabilities.lacks(needs)]
         raise StepFailed(f"skipped: cannot do {describe_needs(missing)}",
-                         f"leave it out, or choose {' or '.join(others) or 'another backend'} with 'backend'",
+                         f"leave it out, or choose {backend_names(others) if others else 'another backend'} "
+                         "with 'backend'",
                          step="skipped")
     reason = backend.unavailable_reason()
     if reason:
-        raise StepFailed(f"not available here: {reason}", _install_remedy(name))
-    _check_budget(cache, name, model, spec)
+        raise StepFailed(f"not available here: {reason}", info.install_remedy())
+    _check_budget(cache, info, model, spec)
     converted = ""
-    if name == "llamacpp" and model.format == "hf-safetensors":
-        spec, converted = _converted_spec(model, spec)
+    if model.format in info.converted_formats:
+        spec, converted = _converted_spec(model, spec, info)
     try:
-        if "embeddings" in needs:  # llama.cpp's embedding context, cached apart from its generation context
-            from inference.engine.embeddings import CACHE_NAME, LlamaCppEmbeddingModel
-
-            loaded = cache.get(CACHE_NAME, spec, load=lambda: LlamaCppEmbeddingModel(spec))
+        if "embeddings" in needs:  # an embedding context, cached apart from the generation one
+            loaded = cache.get(f"{name}-embedding", spec, load=lambda: backend.load_embedding_model(spec))
         else:
             loaded = cache.get(name, spec, load=lambda: backend.load(spec))
     except (BackendUnavailable, ModelRefused) as error:
-        raise StepFailed(error.message, _load_remedy(name, model, error)) from error
+        raise StepFailed(error.message, _load_remedy(info, model, error)) from error
     return loaded, converted
 
 
-def _check_budget(cache: ModelCache, name: str, model: LocalModel, spec: ModelSpec) -> None:
-    needed = weights_bytes(name, spec, model.parameter_count, model.size_bytes, model.quantization)
+def _check_budget(cache: ModelCache, backend: BackendInfo, model: LocalModel, spec: ModelSpec) -> None:
+    needed = backend.weights_bytes(spec, model.parameter_count, model.size_bytes, model.quantization)
     budget = cache.memory_budget_bytes
     if needed > budget:
         raise StepFailed(
@@ -208,36 +224,36 @@ def _check_budget(cache: ModelCache, name: str, model: LocalModel, spec: ModelSp
             _smaller_remedy(model))
 
 
-def _converted_spec(model: LocalModel, spec: ModelSpec) -> tuple[ModelSpec, str]:
+def _converted_spec(model: LocalModel, spec: ModelSpec, backend: BackendInfo) -> tuple[ModelSpec, str]:
     """The spec of the model's GGUF twin, converting it now unless an earlier job did."""
     from inference.engine.convert import convert_hf_to_gguf, converter_for
 
     try:
         converter_for(model.architecture)
     except ModelRefused as error:
-        raise StepFailed(f"llama.cpp runs GGUF files and this model cannot be converted: {error.message}",
+        raise StepFailed(f"{backend.label} runs GGUF files and this model cannot be converted: {error.message}",
                          "choose a backend that runs this architecture, or use a GGUF build of the model") from error
     path = converted_path(model)
     if path.exists():
-        note = f"runs the GGUF ({CONVERTED_TYPE}) converted from this Hugging Face model by an earlier job"
+        note = f"runs the GGUF ({GGUF_CONVERSION_TYPE}) converted from this Hugging Face model by an earlier job"
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
         try:
-            convert_hf_to_gguf(model.path, partial, CONVERTED_TYPE)
+            convert_hf_to_gguf(model.path, partial, GGUF_CONVERSION_TYPE)
             os.replace(partial, path)
         except ModelRefused as error:
             raise StepFailed(f"the conversion to GGUF failed: {error.message}",
                              "choose a backend that runs this model as it is") from error
         finally:
             partial.unlink(missing_ok=True)
-        log.info("converted %s to %s for llama.cpp", model.name, path)
-        note = f"converted from Hugging Face safetensors to GGUF ({CONVERTED_TYPE}), kept for later jobs"
+        log.info("converted %s to %s for %s", model.name, path, backend.label)
+        note = f"converted from Hugging Face safetensors to GGUF ({GGUF_CONVERSION_TYPE}), kept for later jobs"
     return replace(spec, path=str(path), format="gguf"), note
 
 
 def converted_path(model: LocalModel) -> Path:
-    return settings.MODELS_DIR / CONVERTED_DIR_NAME / f"{model.pk}-{model.name}-{CONVERTED_TYPE}.gguf"
+    return settings.MODELS_DIR / CONVERTED_DIR_NAME / f"{model.pk}-{model.name}-{GGUF_CONVERSION_TYPE}.gguf"
 
 
 def _convertible(model: LocalModel) -> bool:
@@ -249,26 +265,18 @@ def _convertible(model: LocalModel) -> bool:
 # --- what to do, per failure ---------------------------------------------------------------------------
 
 
-def _install_remedy(name: str) -> str:
-    return {
-        "llamacpp": "install llama.cpp's bindings: pip install llama-cpp-python (make run installs everything)",
-        "mlx": "install MLX: pip install 'hearth[mlx]'",
-        "torch": "install torch: pip install torch (make run installs everything)",
-    }.get(name, f"choose one of llamacpp, torch, mlx instead of {name!r}")
-
-
-def _load_remedy(name: str, model: LocalModel, error: Exception) -> str:
+def _load_remedy(backend: BackendInfo, model: LocalModel, error: Exception) -> str:
     text = str(error).lower()
     if "memory" in text or "alloc" in text:
         return _smaller_remedy(model)
-    if name == "torch" and model.format == "hf-safetensors" and _convertible(model):
-        return (f"convert it for llama.cpp: python manage.py convert_model {model.name} --to gguf "
-                "(or let the chain reach llamacpp)")
-    if name == "llamacpp" and model.format != "gguf":
-        return "use a GGUF build of the model, or a backend that reads this format"
-    if name == "llamacpp":
-        return "upgrade llama-cpp-python for newer architectures, or try a smaller quantization"
-    return "choose another backend with the 'backend' field"
+    if not serves_format(backend, model):
+        return (f"use a build of the model in {_format_names([backend])} format, or a backend that reads "
+                f"{model.get_format_display()} models")
+    converter = next((other for other in BACKENDS if model.format in other.converted_formats), None)
+    if converter and converter is not backend and _convertible(model):
+        return (f"convert it for {converter.label}: python manage.py convert_model {model.name} --to gguf "
+                f"(or choose {converter.name} with the 'backend' field: it converts the model itself)")
+    return backend.load_remedy
 
 
 def _smaller_remedy(model: LocalModel) -> str:
@@ -288,8 +296,11 @@ def _explain(model: LocalModel, steps: list[dict[str, str]]) -> str:
             f"Tried {tried}. {reasons}")
 
 
-def _display(name: str) -> str:
-    return {"llamacpp": "llama.cpp", "torch": "torch", "mlx": "MLX"}.get(name, name)
+def _format_names(backends: list[BackendInfo]) -> str:
+    """The formats these backends load, as people call them: "GGUF or Hugging Face safetensors"."""
+    labels = dict(ModelFormat.choices)
+    formats = dict.fromkeys(fmt for backend in backends for fmt in backend.capabilities.formats)
+    return " or ".join(labels.get(fmt, fmt) for fmt in formats)
 
 
 def _size(n: int) -> str:

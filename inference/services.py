@@ -8,6 +8,7 @@ from pathlib import Path
 from django.conf import settings
 from django.db import transaction
 
+from inference.engine.backends import find_backend, unknown_backend
 from inference.engine.base import EngineError, GenerationRequest, ModelRefused
 from inference.models import GenerationJob, JobStatus, LocalModel, model_id_validator
 from inference.presence import get_presence
@@ -53,8 +54,8 @@ def model_import(path: str | Path, *, name: str | None = None, backend: str = ""
         model_id_validator(name)
     except ValidationError as error:
         raise ModelRefused(f"{name!r} is not a valid model id: {error.messages[0]}") from None
-    if backend and backend not in {"llamacpp", "torch", "mlx"}:
-        raise ModelRefused(f"Unknown backend {backend!r}; choose llamacpp, torch or mlx.")
+    if backend and find_backend(backend) is None:
+        raise ModelRefused(unknown_backend(backend))
     if LocalModel.objects.filter(name=name).exists():
         raise ModelRefused(f"The library already has a model named {name!r}; pass another --name.")
     template, template_source = find_chat_template(str(source), meta.chat_template)

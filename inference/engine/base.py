@@ -122,7 +122,8 @@ SAMPLING_PARAMETERS = ("temperature", "top_p", "top_k", "min_p", "presence_penal
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What a backend can honour; selection skips a backend that lacks what a request needs.
+    """What a backend can honour (each backend's are in engine/backends.py); selection skips a backend that lacks
+    what a request needs.
 
     `formats` are the files it loads itself; `structured_output` is constrained decoding (GBNF grammars, so
     JSON schemas and forced tool calls); tool calling needs nothing of a backend (the chat template renders the
@@ -150,20 +151,6 @@ class Capabilities:
         return missing
 
 
-# Each backend class declares its own (`capabilities = BACKEND_CAPABILITIES[name]`); they live here so that the
-# web process can show and check them without importing torch, llama.cpp or mlx.
-BACKEND_CAPABILITIES = {
-    # llama.cpp's own sampler chain per sequence (every parameter, the penalty window too); grammars, logprobs
-    # and embeddings are its own.
-    "llamacpp": Capabilities(
-        formats=("gguf",), structured_output=True, embeddings=True, logprobs=True,
-        devices=("cpu", "cuda", "metal", "vulkan"), batching=True,
-    ),
-    "torch": Capabilities(formats=("hf-safetensors", "gguf"), devices=("cpu", "cuda"), batching=True),
-    "mlx": Capabilities(formats=("mlx", "hf-safetensors"), devices=("cpu", "metal"), batching=True),
-}
-
-
 class LoadedModel(Protocol):
     """What `Backend.load` returns: a `BatchModel` (engine/batch.py: slots of KV cache, `decode`, the prefix-cache
     operations, tokenizer and samplers), and `embed` where the backend's capabilities say `embeddings`."""
@@ -182,6 +169,9 @@ class LoadedModel(Protocol):
 
 
 class Backend(Protocol):
+    """One backend (its name and capabilities are its `BackendInfo`'s, engine/backends.py). One whose capabilities
+    say `embeddings` also has `load_embedding_model(spec)`: a LoadedModel for embedding jobs."""
+
     name: str
     capabilities: Capabilities
 

@@ -32,6 +32,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -42,6 +43,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import Namespace
 
 from inference.engine.base import ContextLengthExceeded, InvalidRequest, ModelRefused
+from inference.engine.formats import read_json_object
 
 MAX_TEMPLATE_CHARS = 1_000_000  # the largest real templates are some tens of kilobytes
 MAX_RENDERED_CHARS = 8_000_000  # about two million tokens: more than any model's context
@@ -51,7 +53,6 @@ MAX_LOOP_STEPS = 1_000_000  # for-loop iterations in one render, all loops toget
 MAX_POWER_BITS = 100_000  # size of the result of `a ** b`
 MAX_TOJSON_INDENT = 64
 RENDER_SECONDS = 10.0
-MAX_TOKENIZER_CONFIG_BYTES = 64 * 1024 * 1024
 
 TEMPLATE_SOURCES = ("chat_template.jinja", "chat_template.json", "tokenizer_config.json", "gguf", "none")
 
@@ -536,11 +537,13 @@ def find_chat_template(model_path: str, gguf_template: str | None = None) -> tup
     For a model directory: `chat_template.jinja`, then `chat_template.json` (processors of
     multimodal models), then `tokenizer_config.json`'s `chat_template`; then the GGUF metadata
     string (`tokenizer.chat_template`) the caller read. Returns (None, "none") when there is none.
+    The one reader of these files: every template is checked (UTF-8, at most `MAX_TEMPLATE_CHARS`),
+    and TemplateRefused says which file is at fault.
     """
     if os.path.isdir(model_path):
         jinja_path = os.path.join(model_path, "chat_template.jinja")
         if os.path.isfile(jinja_path):
-            template = _read_text(jinja_path, MAX_TEMPLATE_CHARS, "chat_template.jinja")
+            template = _read_template_file(jinja_path, "chat_template.jinja")
             if template.strip():
                 return template, "chat_template.jinja"
         for filename in ("chat_template.json", "tokenizer_config.json"):
@@ -549,7 +552,7 @@ def find_chat_template(model_path: str, gguf_template: str | None = None) -> tup
             if template:
                 return template, filename
     if gguf_template and gguf_template.strip():
-        return gguf_template, "gguf"
+        return _checked_template(gguf_template, "The GGUF's tokenizer.chat_template"), "gguf"
     return None, "none"
 
 
@@ -568,37 +571,23 @@ def read_special_tokens(model_path: str) -> dict[str, str]:
     return tokens
 
 
-def _read_text(path: str, max_chars: int, label: str) -> str:
-    if os.path.getsize(path) > 4 * max_chars:
+def _read_template_file(path: str, label: str) -> str:
+    if os.path.getsize(path) > 4 * MAX_TEMPLATE_CHARS:
         raise TemplateRefused(f"{label} is too large to be a chat template.")
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except UnicodeDecodeError as exc:
         raise TemplateRefused(f"{label} is not UTF-8 text.") from exc
-    if len(text) > max_chars:
-        raise TemplateRefused(
-            f"{label} is {len(text):,} characters long; Hearth accepts up to {max_chars:,}."
-        )
-    return text
+    return _checked_template(text, label)
 
 
 def _read_json_object(path: str) -> dict[str, Any] | None:
-    if not os.path.isfile(path):
-        return None
-    label = os.path.basename(path)
-    if os.path.getsize(path) > MAX_TOKENIZER_CONFIG_BYTES:
-        raise TemplateRefused(
-            f"{label} is larger than {MAX_TOKENIZER_CONFIG_BYTES // 2**20} MiB; Hearth refuses it."
-        )
+    """`formats.read_json_object` (its size limit and checks), refusing as a template problem."""
     try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TemplateRefused(f"{label} is not valid JSON: {exc}") from exc
-    if not isinstance(config, dict):
-        raise TemplateRefused(f"{label} does not hold a JSON object.")
-    return config
+        return read_json_object(Path(path), "The model's")
+    except ModelRefused as refusal:
+        raise TemplateRefused(refusal.message) from None
 
 
 def _template_from_config(config: dict[str, Any], label: str) -> str | None:
@@ -613,11 +602,15 @@ def _template_from_config(config: dict[str, Any], label: str) -> str | None:
             return None
     if not isinstance(value, str):
         raise TemplateRefused(f"{label}'s chat_template is neither a string nor a list of named templates.")
-    if len(value) > MAX_TEMPLATE_CHARS:
+    return _checked_template(value, f"{label}'s chat_template") or None
+
+
+def _checked_template(text: str, label: str) -> str:
+    if len(text) > MAX_TEMPLATE_CHARS:
         raise TemplateRefused(
-            f"{label}'s chat_template is {len(value):,} characters long; Hearth accepts up to {MAX_TEMPLATE_CHARS:,}."
+            f"{label} is {len(text):,} characters long; Hearth accepts up to {MAX_TEMPLATE_CHARS:,}."
         )
-    return value or None
+    return text
 
 
 # --- conventional templates for models that ship none ---------------------------------------------

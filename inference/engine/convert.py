@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from inference.engine.base import ModelRefused
+from inference.engine.formats import read_hf_config, read_json_object
 
 OUT_TYPES = ("f32", "f16", "q8_0", "q4_k_m")
 # llama.cpp's llama_ftype values
@@ -36,12 +37,10 @@ BYTE_TOKEN = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
 def convert_hf_to_gguf(src_dir: str | Path, dst_path: str | Path, out_type: str = "f16",
                        progress: Callable[[float], None] = lambda fraction: None) -> Path:
     """Write the checkpoint in `src_dir` as one GGUF file at `dst_path`; `progress` gets 0.0 .. 1.0."""
-    from inference.engine.torch.loader import read_config
-
     if out_type not in OUT_TYPES:
         raise ModelRefused(f"Unknown GGUF type {out_type!r}: choose one of {', '.join(OUT_TYPES)}.")
     src_dir, dst_path = Path(src_dir), Path(dst_path)
-    config = read_config(src_dir)
+    config = read_hf_config(src_dir)
     arch = converter_for(config.get("model_type", ""))
     args = arch.Args.from_config(config)
     metadata = arch.gguf_metadata(args)  # refuses what llama.cpp cannot run faithfully
@@ -87,9 +86,8 @@ def _write_gguf(src_dir: Path, path: Path, arch, args, config: dict[str, Any], m
                 out_type: str, progress: Callable[[float], None]) -> None:
     import gguf
     import torch
-    from safetensors import safe_open
 
-    from inference.engine.torch.loader import _find_key, safetensors_files
+    from inference.engine.torch.loader import _find_key, open_checkpoint
     from inference.engine.torch.models.layers import llama3_rope_factors
 
     writer = gguf.GGUFWriter(str(path), arch.GGUF_ARCH)
@@ -107,9 +105,7 @@ def _write_gguf(src_dir: Path, path: Path, arch, args, config: dict[str, Any], m
     aliases = getattr(arch, "HF_PREFIX_ALIASES", ())
     names = arch.weight_names(args)
     with ExitStack() as stack:
-        handles = [stack.enter_context(safe_open(str(f), framework="pt", device="cpu"))
-                   for f in safetensors_files(src_dir)]
-        where = {key: handle for handle in handles for key in handle.keys()}  # noqa: SIM118 (not a dict)
+        where = open_checkpoint(stack, src_dir)
         keys = [_find_key(n.hf, where, aliases) for n in names]
 
         def converted(i: int) -> np.ndarray:
@@ -171,11 +167,11 @@ def _quantize(src: Path, dst: Path, out_type: str) -> None:
 def _add_tokenizer(writer, src_dir: Path, config: dict[str, Any], vocab_size: int) -> None:
     from inference.engine.chat_template import find_chat_template
 
-    spec = _read_json(src_dir / "tokenizer.json")
+    spec = read_json_object(src_dir / "tokenizer.json", "The tokenizer's") or {}
     model = spec.get("model") or {}
     if model.get("type") != "BPE":
         raise ModelRefused("Only BPE tokenizers (tokenizer.json model type BPE) can be converted to GGUF.")
-    tokenizer_config = _read_json(src_dir / "tokenizer_config.json")
+    tokenizer_config = read_json_object(src_dir / "tokenizer_config.json", "The tokenizer's") or {}
     added = {t["id"]: t for t in spec.get("added_tokens") or []}
     vocab: dict[str, int] = dict(model.get("vocab") or {})
     for token_id, token in added.items():
@@ -271,10 +267,3 @@ def _first_int(value: Any) -> int | None:
     if isinstance(value, list):
         value = value[0] if value else None
     return value if isinstance(value, int) else None
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return data if isinstance(data, dict) else {}

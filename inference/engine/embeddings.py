@@ -12,10 +12,10 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from inference.engine.backends import LLAMACPP
 from inference.engine.base import BackendUnavailable, ContextLengthExceeded, EngineError, ModelSpec
 from inference.engine.batch import SlotWork
 from inference.engine.llamacpp import (
-    INSTALL_HINT,
     TokenBatch,
     default_threads,
     load_failure,
@@ -24,7 +24,6 @@ from inference.engine.llamacpp import (
     vocab_tokenize,
 )
 
-CACHE_NAME = "llamacpp-embedding"  # its key in the model cache, apart from the generation context
 MAX_EMBEDDING_CTX = 2048  # longest input; the ubatch (and its compute buffers) is this big
 
 
@@ -67,7 +66,7 @@ class LlamaCppEmbeddingModel:
         try:
             import llama_cpp
         except ImportError as error:
-            raise BackendUnavailable(f"llama-cpp-python is not installed ({error}): {INSTALL_HINT}") from error
+            raise BackendUnavailable(f"llama-cpp-python is not installed ({error}): {LLAMACPP.install_hint}") from error
         if spec.format != "gguf":
             raise BackendUnavailable(
                 f"Embeddings are served by llama.cpp from GGUF models; this model is {spec.format}. Convert it to "

@@ -3,11 +3,13 @@
 `detect_format(path)` returns "gguf", "hf-safetensors" or "mlx", or raises `ModelRefused` saying what
 the path is and what to do instead. Model files are untrusted: every header is parsed here by our own
 bounds-checked readers before any library (llama.cpp, gguf, safetensors) is allowed to open the file,
-and nothing is ever unpickled.
+and nothing is ever unpickled. These are the only readers of those headers and of a model directory's
+JSON files (`read_hf_config`, `read_json_object`): loaders, converters and metadata all use them.
 
     GGUF file        magic "GGUF", version 2 or 3, header parsed end to end (`read_gguf_header`)
     Hugging Face dir config.json with model_type + safetensors weights + tokenizer.json/tokenizer.model,
-                     every safetensors header validated (`read_safetensors_header`)
+                     every safetensors header validated (`read_safetensors_header`), the shard index
+                     checked against them (`read_shard_index`, `hf_weight_files`)
     MLX dir          a Hugging Face dir whose config carries mlx-style quantization, or whose
                      safetensors metadata says {"format": "mlx"}
 """
@@ -42,7 +44,7 @@ MAX_GGUF_TENSOR_NAME_BYTES = 63  # GGML_MAX_NAME is 64 with the terminating NUL
 MAX_TENSOR_ELEMENTS = 2**62
 
 MAX_SAFETENSORS_HEADER_BYTES = 100 * 1024 * 1024
-MAX_JSON_FILE_BYTES = 50 * 1024 * 1024  # config.json, tokenizer_config.json, the shard index
+MAX_JSON_FILE_BYTES = 50 * 1024 * 1024  # config.json, tokenizer files, chat_template.json, the shard index
 
 SAFETENSORS_DTYPE_BYTES = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1,
@@ -110,7 +112,7 @@ class GGUFTensorInfo:
 @dataclass(frozen=True)
 class GGUFHeader:
     version: int
-    fields: dict[str, Any]  # scalars and strings as values, arrays as GGUFArray
+    fields: dict[str, Any]  # scalars and strings as values, arrays as GGUFArray (lists when read with_arrays)
     tensors: tuple[GGUFTensorInfo, ...]
     alignment: int
     data_offset: int  # where tensor data starts in the file
@@ -141,11 +143,12 @@ _GGUF_VALUE_TYPE_NAMES = (
 class _Cursor:
     """Reads little-endian values from a memory-mapped file; every read is checked against its end."""
 
-    def __init__(self, buffer: mmap.mmap, name: str):
+    def __init__(self, buffer: mmap.mmap, name: str, with_arrays: bool = False):
         self.buffer = buffer
         self.size = len(buffer)
         self.pos = 0
         self.name = name
+        self.with_arrays = with_arrays  # decode arrays into lists rather than summarise them
 
     def take(self, n_bytes: int, what: str) -> int:
         """Advance over n_bytes, returning where they start."""
@@ -187,14 +190,17 @@ class _Cursor:
         self.take(length, what)
 
 
-def read_gguf_header(path: str | Path) -> GGUFHeader:
-    """Parse and validate a GGUF file's header without trusting any count or offset in it."""
+def read_gguf_header(path: str | Path, *, with_arrays: bool = False) -> GGUFHeader:
+    """Parse and validate a GGUF file's header without trusting any count or offset in it.
+
+    Arrays (the vocabulary, merges, scores) are summarised as GGUFArray, or decoded into lists
+    `with_arrays` (for an engine that rebuilds the tokenizer from them)."""
     path = Path(path)
     size = path.stat().st_size
     if size < 24:
         raise ModelRefused(f"{path.name} is truncated: {size} bytes cannot hold a GGUF header.")
     with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buffer:
-        return _parse_gguf(_Cursor(buffer, path.name))
+        return _parse_gguf(_Cursor(buffer, path.name, with_arrays))
 
 
 def _parse_gguf(cursor: _Cursor) -> GGUFHeader:
@@ -291,10 +297,13 @@ def _read_gguf_value(cursor: _Cursor, key: str) -> Any:
                 f"{cursor.name} is corrupt or hostile: array {key} claims {length:,} elements "
                 f"(Hearth accepts at most {MAX_GGUF_ARRAY_LENGTH:,})."
             )
+        start = cursor.pos
         if element_type == _GGUFValueType.STRING:
             _skip_string_array(cursor, key, length)
         else:
             cursor.take(length * struct.calcsize(_GGUF_SCALAR_FORMATS[element_type]), f"array {key}")
+        if cursor.with_arrays:
+            return _decode_gguf_array(cursor.buffer, start, element_type, length)
         return GGUFArray(element_type=_GGUF_VALUE_TYPE_NAMES[element_type], length=length)
     if value_type == _GGUFValueType.STRING:
         return _decode_utf8(cursor.string_bytes(f"value of {key}"), cursor.name, key, errors="replace")
@@ -318,6 +327,19 @@ def _skip_string_array(cursor: _Cursor, key: str, length: int) -> None:
             cursor.skip_string(f"{key}[{i}]")
         position += 8 + string_length
     cursor.pos = position
+
+
+def _decode_gguf_array(buffer: mmap.mmap, start: int, element_type: int, length: int) -> list[Any]:
+    """The elements of an array whose bounds the caller has already checked."""
+    if element_type == _GGUFValueType.STRING:
+        items, position = [], start
+        for _ in range(length):
+            string_length = _U64.unpack_from(buffer, position)[0]
+            items.append(str(buffer[position + 8 : position + 8 + string_length], "utf-8", "replace"))
+            position += 8 + string_length
+        return items
+    values = struct.unpack_from(f"<{length}{_GGUF_SCALAR_FORMATS[element_type][1:]}", buffer, start)
+    return [bool(v) for v in values] if element_type == _GGUFValueType.BOOL else list(values)
 
 
 def _read_gguf_tensor_info(cursor: _Cursor, index: int, alignment: int) -> GGUFTensorInfo:
@@ -507,6 +529,17 @@ def read_json_file(path: Path, what: str) -> Any:
         raise ModelRefused(f"{what} {path.name} is not valid JSON: {exc}.") from None
 
 
+def read_json_object(path: Path, what: str) -> dict[str, Any] | None:
+    """An optional JSON object file of a model directory (tokenizer_config.json, generation_config.json,
+    chat_template.json): None when absent, ModelRefused when too large, not JSON or not an object."""
+    if not path.is_file():
+        return None
+    content = read_json_file(path, what)
+    if not isinstance(content, dict):
+        raise ModelRefused(f"{what} {path.name} does not hold a JSON object.")
+    return content
+
+
 def read_hf_config(directory: str | Path) -> dict[str, Any]:
     """config.json as a dict with a model_type; ModelRefused otherwise."""
     directory = Path(directory)
@@ -526,44 +559,56 @@ def read_hf_config(directory: str | Path) -> dict[str, Any]:
     return config
 
 
-def hf_weight_files(directory: str | Path) -> list[Path]:
-    """The safetensors files holding the model's weights: the index's shards, else every *.safetensors."""
-    directory = Path(directory)
-    index_path = directory / SAFETENSORS_INDEX
+def read_shard_index(directory: str | Path) -> dict[str, str] | None:
+    """model.safetensors.index.json's weight_map (tensor name -> shard file beside the index); None without
+    an index. Every shard name is checked to be a plain *.safetensors file name."""
+    index_path = Path(directory) / SAFETENSORS_INDEX
     if not index_path.is_file():
-        return sorted(p for p in directory.glob("*.safetensors") if p.is_file())
+        return None
     index = read_json_file(index_path, "The shard index")
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise ModelRefused(f"{SAFETENSORS_INDEX} has no weight_map.")
-    shard_names = set()
     for shard in weight_map.values():
         if not isinstance(shard, str) or Path(shard).name != shard or not shard.endswith(".safetensors"):
             raise ModelRefused(f"{SAFETENSORS_INDEX} names an invalid shard {shard!r}.")
-        shard_names.add(shard)
-    missing = sorted(s for s in shard_names if not (directory / s).is_file())
-    if missing:
-        raise ModelRefused(
-            f"{directory.name} is incomplete: {SAFETENSORS_INDEX} lists shards that are missing: "
-            f"{', '.join(missing[:5])}. Download the missing files."
-        )
-    return [directory / s for s in sorted(shard_names)]
+    return weight_map
+
+
+def hf_weight_files(directory: str | Path) -> list[Path]:
+    """The safetensors files holding the model's weights: the index's shards, else every *.safetensors."""
+    directory = Path(directory)
+    return _weight_files(directory, read_shard_index(directory))
 
 
 def read_hf_weight_headers(directory: str | Path) -> dict[Path, SafetensorsHeader]:
     """Every weight file's validated header, checked against the shard index when there is one."""
     directory = Path(directory)
-    headers = {path: read_safetensors_header(path) for path in hf_weight_files(directory)}
-    index_path = directory / SAFETENSORS_INDEX
-    if index_path.is_file():
-        weight_map = read_json_file(index_path, "The shard index")["weight_map"]
-        for tensor_name, shard in weight_map.items():
-            if tensor_name not in headers[directory / shard].tensors:
-                raise ModelRefused(
-                    f"{directory.name} is inconsistent: {SAFETENSORS_INDEX} puts {tensor_name} in {shard}, "
-                    "which does not contain it."
-                )
+    weight_map = read_shard_index(directory)
+    headers = {path: read_safetensors_header(path) for path in _weight_files(directory, weight_map)}
+    for tensor_name, shard in (weight_map or {}).items():
+        if tensor_name not in headers[directory / shard].tensors:
+            raise ModelRefused(
+                f"{directory.name} is inconsistent: {SAFETENSORS_INDEX} puts {tensor_name} in {shard}, "
+                "which does not contain it."
+            )
     return headers
+
+
+def _weight_files(directory: Path, weight_map: dict[str, str] | None) -> list[Path]:
+    if weight_map is None:
+        files = sorted(p for p in directory.glob("*.safetensors") if p.is_file())
+        if not files:
+            raise ModelRefused(f"{directory.name} has no model weights (*.safetensors).")
+        return files
+    shard_names = sorted(set(weight_map.values()))
+    missing = [s for s in shard_names if not (directory / s).is_file()]
+    if missing:
+        raise ModelRefused(
+            f"{directory.name} is incomplete: {SAFETENSORS_INDEX} lists shards that are missing: "
+            f"{', '.join(missing[:5])}. Download the missing files."
+        )
+    return [directory / s for s in shard_names]
 
 
 def is_mlx_config(config: dict[str, Any]) -> bool:

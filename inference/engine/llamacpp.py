@@ -27,9 +27,10 @@ import sys
 import weakref
 from collections import Counter, deque
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from inference.engine.base import BACKEND_CAPABILITIES, BackendUnavailable, GenerationRequest, ModelSpec
+from inference.engine.backends import LLAMACPP
+from inference.engine.base import BackendUnavailable, GenerationRequest, ModelSpec
 from inference.engine.batch import KVCacheFull, Sampled, SavedKV, SlotWork
 from inference.engine.chat_template import conventional_template, render_chat
 from inference.engine.llamacpp_sampling import (
@@ -40,7 +41,9 @@ from inference.engine.llamacpp_sampling import (
     logprob_entry,
 )
 
-INSTALL_HINT = "pip install llama-cpp-python (for NVIDIA GPUs: CMAKE_ARGS=-DGGML_CUDA=on pip install llama-cpp-python)"
+if TYPE_CHECKING:
+    from inference.engine.embeddings import LlamaCppEmbeddingModel
+
 GGML_TYPE_F32 = 0
 ALL_LAYERS = 0x7FFFFFFF  # n_gpu_layers -1: llama.cpp offloads every layer the device can take
 PROMPT_CHUNK_TOKENS = 512  # the scheduler's default prompt chunk (scheduler.DEFAULT_CHUNK_TOKENS)
@@ -52,16 +55,17 @@ def default_threads() -> int:
 
 
 class LlamaCppBackend:
-    name = "llamacpp"
-    capabilities = BACKEND_CAPABILITIES["llamacpp"]  # batching, grammars, logprobs and embeddings
+    name = LLAMACPP.name
+    capabilities = LLAMACPP.capabilities  # batching, grammars, logprobs and embeddings
 
     def unavailable_reason(self) -> str | None:
         try:
             import llama_cpp  # noqa: F401
         except ImportError as error:
-            return f"llama-cpp-python is not installed ({error}): {INSTALL_HINT}"
+            return f"llama-cpp-python is not installed ({error}): {LLAMACPP.install_hint}"
         except Exception as error:  # a broken install (a syntax error, a missing shared library) is as unusable
-            return f"llama-cpp-python is installed but fails to import ({type(error).__name__}: {error}): {INSTALL_HINT}"
+            return (f"llama-cpp-python is installed but fails to import ({type(error).__name__}: {error}): "
+                    f"{LLAMACPP.install_hint}")
         return None
 
     def load(self, spec: ModelSpec) -> LlamaCppModel:
@@ -74,6 +78,12 @@ class LlamaCppBackend:
                 "(python manage.py convert_model ID --to gguf) or choose the torch backend."
             )
         return LlamaCppModel(spec)
+
+    def load_embedding_model(self, spec: ModelSpec) -> LlamaCppEmbeddingModel:
+        """A separate context with embeddings on (embeddings.py), for embedding jobs."""
+        from inference.engine.embeddings import LlamaCppEmbeddingModel  # it imports this module
+
+        return LlamaCppEmbeddingModel(spec)
 
 
 # ---------------------------------------------------------------------------------------------------------

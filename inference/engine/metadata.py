@@ -1,7 +1,8 @@
 """What a model is, read from its headers: architecture, size, quantization, context, chat template.
 
-Everything comes from files `formats` has already validated: the GGUF header parsed by our own
-reader, config.json, the safetensors headers, the tokenizer's config. No weights are read.
+Everything comes from `formats`' readers (the GGUF header, config.json, the safetensors headers and the
+shard index) and `chat_template.find_chat_template` (the template files); nothing here parses a file
+itself, and no weights are read.
 """
 
 from __future__ import annotations
@@ -15,18 +16,17 @@ from typing import Any
 from gguf import LlamaFileType
 
 from inference.engine.base import ModelRefused
+from inference.engine.chat_template import find_chat_template
 from inference.engine.formats import (
     FORMAT_GGUF,
     FORMAT_HF,
     FORMAT_MLX,
-    GGUFArray,
     GGUFHeader,
     SafetensorsTensorInfo,
     detect_format,
     read_gguf_header,
     read_hf_config,
     read_hf_weight_headers,
-    read_json_file,
 )
 
 # safetensors dtype -> the short name people use for an unquantized checkpoint
@@ -64,12 +64,6 @@ def read_metadata(path: str | Path, fmt: str | None = None) -> ModelMetadata:
     raise ModelRefused(f"Unknown model format {fmt!r}.")
 
 
-def gguf_fields(path: str | Path) -> dict[str, Any]:
-    """A GGUF file's validated metadata: scalars and strings as they are, arrays summarised
-    as GGUFArray(element_type, length)."""
-    return read_gguf_header(path).fields
-
-
 # --- GGUF -----------------------------------------------------------------------------------------
 
 
@@ -79,7 +73,6 @@ def _gguf_metadata(path: Path) -> ModelMetadata:
     architecture = _string_field(fields, "general.architecture")
     if not architecture:
         raise ModelRefused(f"{path.name} has no general.architecture, so llama.cpp cannot load it.")
-    template = _string_field(fields, "tokenizer.chat_template")
     return ModelMetadata(
         format=FORMAT_GGUF,
         architecture=architecture,
@@ -87,7 +80,7 @@ def _gguf_metadata(path: Path) -> ModelMetadata:
         parameter_count=sum(t.n_elements for t in header.tensors),
         quantization=_gguf_quantization(header),
         context_length=_positive_int(fields.get(f"{architecture}.context_length")),
-        chat_template=template or None,
+        chat_template=find_chat_template(str(path), _string_field(fields, "tokenizer.chat_template"))[0],
         size_bytes=path.stat().st_size,
     )
 
@@ -125,7 +118,7 @@ def _directory_metadata(directory: Path, fmt: str) -> ModelMetadata:
         parameter_count=_directory_parameter_count(config, tensors),
         quantization=_directory_quantization(config, tensors),
         context_length=_config_context_length(config),
-        chat_template=_directory_chat_template(directory),
+        chat_template=find_chat_template(str(directory))[0],
         size_bytes=_directory_size(directory),
     )
 
@@ -190,33 +183,6 @@ def _config_context_length(config: dict[str, Any]) -> int | None:
     return None
 
 
-def _directory_chat_template(directory: Path) -> str | None:
-    """chat_template.jinja, then chat_template.json, then tokenizer_config.json's chat_template."""
-    jinja = directory / "chat_template.jinja"
-    if jinja.is_file():
-        return jinja.read_text(encoding="utf-8", errors="replace")
-    for file_name in ("chat_template.json", "tokenizer_config.json"):
-        path = directory / file_name
-        if not path.is_file():
-            continue
-        content = read_json_file(path, "The tokenizer's")
-        template = _template_from(content.get("chat_template")) if isinstance(content, dict) else None
-        if template:
-            return template
-    return None
-
-
-def _template_from(value: Any) -> str | None:
-    """A template string, or the one named "default" in a list of {name, template}."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        named = {item.get("name"): item.get("template") for item in value if isinstance(item, dict)}
-        template = named.get("default")
-        return template if isinstance(template, str) else None
-    return None
-
-
 def _directory_size(directory: Path) -> int:
     total = 0
     for root, _dirs, files in os.walk(directory):  # does not descend into symlinked directories
@@ -234,4 +200,4 @@ def _positive_int(value: Any) -> int | None:
     return None
 
 
-__all__ = ["ModelMetadata", "read_metadata", "gguf_fields", "GGUFArray"]
+__all__ = ["ModelMetadata", "read_metadata"]

@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from inference.engine.backends import MLX
 from inference.engine.base import (
-    BACKEND_CAPABILITIES,
     BackendUnavailable,
     GenerationRequest,
     InvalidRequest,
@@ -31,9 +31,9 @@ from inference.engine.base import (
     ModelSpec,
 )
 from inference.engine.batch import KVCacheFull, Sampled, SavedKV, SlotWork
-from inference.engine.chat_template import conventional_template, find_chat_template, render_chat
+from inference.engine.chat_template import ChatTemplate, render_chat
 
-INSTALL_HINT = "pip install 'hearth[mlx]' (or: pip install \"mlx[cpu]\" mlx-lm on Linux)"
+INSTALL_HINT = MLX.install_hint
 _MODEL_TYPE = re.compile(r"^[a-z0-9_]+$")
 
 
@@ -48,8 +48,8 @@ def mlx_import_error() -> str | None:
 
 
 class MlxBackend:
-    name = "mlx"
-    capabilities = BACKEND_CAPABILITIES["mlx"]  # no grammars, logprobs or embeddings
+    name = MLX.name
+    capabilities = MLX.capabilities  # no grammars, logprobs or embeddings
 
     def unavailable_reason(self) -> str | None:
         error = mlx_import_error()
@@ -152,14 +152,16 @@ class MlxBatchModel:
         )
 
     def _find_chat_template(self) -> str:
+        """The spec's override, else the model's own template, else its architecture's convention."""
         if self._chat_template is None:
-            template = self.spec.chat_template
-            if template is None:
-                template, _source = find_chat_template(self.spec.path)
-            if template is None:
-                architecture = self.spec.architecture or str(self._config.get("model_type", ""))
-                template, _note = conventional_template(architecture, self._special_tokens())
-            self._chat_template = template
+            self._chat_template = ChatTemplate.for_model(
+                self.spec.path,
+                architecture=self.spec.architecture or str(self._config.get("model_type", "")),
+                override=self.spec.chat_template,
+                special_tokens=self._special_tokens(),
+                bos_token=self._tokenizer.bos_token or "",
+                eos_token=self._tokenizer.eos_token or "",
+            ).template
         return self._chat_template
 
     def _special_tokens(self) -> set[str]:

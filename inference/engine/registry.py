@@ -1,42 +1,28 @@
-"""Backend selection and the per-process model cache.
+"""Backend objects by name, the default choice, and the per-process model cache.
 
-`backend_for(name)` returns a backend by name; `native_backend(format)` says which backend a format runs on
-by default; `capabilities_for(name)` what it can honour (without importing it); `weights_bytes` what a model's
-weights take on a backend, checked against the memory budget before loading; `ModelCache` keeps loaded models
-across jobs and evicts the least recently used when a memory budget would be exceeded.
+What each backend is (capabilities, packages, memory estimate, remedies) is `engine/backends.py`'s, read without
+importing any backend. `backend_for(name)` imports and returns one; `native_backend(format)` says which backend a
+format runs on by default; `ModelCache` keeps loaded models across jobs and evicts the least recently used when a
+memory budget would be exceeded.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
-from inference.engine.base import (
-    BACKEND_CAPABILITIES,
-    Backend,
-    BackendUnavailable,
-    Capabilities,
-    LoadedModel,
-    ModelSpec,
-)
-
-BACKEND_CLASSES = {
-    "llamacpp": "inference.engine.llamacpp:LlamaCppBackend",
-    "torch": "inference.engine.torch.backend:TorchBackend",
-    "mlx": "inference.engine.mlx:MlxBackend",
-}
-NATIVE_BACKENDS = {"gguf": "llamacpp", "hf-safetensors": "torch", "mlx": "mlx"}
-BACKEND_PACKAGES = {"llamacpp": ("llama_cpp",), "torch": ("torch",), "mlx": ("mlx", "mlx_lm")}
+from inference.engine.backends import BACKENDS, find_backend, unknown_backend
+from inference.engine.base import Backend, BackendUnavailable, LoadedModel, ModelSpec
 
 
 def backend_for(name: str) -> Backend:
-    if name not in BACKEND_CLASSES:
-        known = ", ".join(sorted(BACKEND_CLASSES))
-        raise BackendUnavailable(f"Unknown backend {name!r}; Hearth has {known}.", status=400)
-    module_name, class_name = BACKEND_CLASSES[name].split(":")
+    """The backend's object, its module imported now (torch, llama_cpp or mlx with it)."""
+    info = find_backend(name)
+    if info is None:
+        raise BackendUnavailable(unknown_backend(name), status=400)
+    module_name, class_name = info.implementation.split(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
@@ -44,38 +30,11 @@ def backend_for(name: str) -> Backend:
     return getattr(module, class_name)()
 
 
-def installed(name: str) -> bool:
-    """Whether the backend's packages are present, found without importing them (mlx-lm alone takes seconds)."""
-    return all(importlib.util.find_spec(package) is not None for package in BACKEND_PACKAGES[name])
-
-
-def capabilities_for(name: str) -> Capabilities:
-    return BACKEND_CAPABILITIES[name]
-
-
-def weights_bytes(backend_name: str, spec: ModelSpec, parameter_count: int, size_bytes: int,
-                  quantization: str = "") -> int:
-    """Memory the weights take once loaded: torch holds every parameter in its compute dtype (16-bit on
-    CUDA; on CPU bf16 for a bf16 Hugging Face checkpoint, `quantization` "bf16", else f32); llama.cpp and mlx
-    map the file as it is (a Hugging Face model reaches llama.cpp as an f16 GGUF)."""
-    if backend_name == "torch":
-        stored_bf16 = spec.format == "hf-safetensors" and quantization == "bf16"
-        return parameter_count * _torch_element_bytes(spec.options.get("dtype"), stored_bf16)
-    if backend_name == "llamacpp" and spec.format == "hf-safetensors":
-        return parameter_count * 2
-    return size_bytes
-
-
-def _torch_element_bytes(dtype: str | None, stored_bf16: bool) -> int:
-    if dtype:
-        return 4 if dtype in ("float32", "fp32") else 2
-    import torch
-
-    return 2 if torch.cuda.is_available() or stored_bf16 else 4
-
-
 def native_backend(model_format: str) -> str:
-    return NATIVE_BACKENDS[model_format]
+    for info in BACKENDS:
+        if model_format in info.native_formats:
+            return info.name
+    raise KeyError(f"No backend runs {model_format!r} models natively.")
 
 
 def choose_backend(model_format: str, *requested: str | None) -> str:

@@ -1,11 +1,18 @@
-"""Backend capabilities and the memory estimate the selection checks before loading."""
+"""What each backend is, read without importing it: capabilities, names, and the memory estimate the selection
+checks before loading."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from inference.engine.base import BACKEND_CAPABILITIES, Capabilities, ModelSpec
-from inference.engine.registry import weights_bytes
+from inference.engine.backends import BACKENDS, backend_names, find_backend, unknown_backend
+from inference.engine.base import Capabilities, ModelSpec
+from inference.engine.registry import native_backend
 
 
 @pytest.mark.parametrize(("backend", "needs", "missing"), [
@@ -17,17 +24,41 @@ from inference.engine.registry import weights_bytes
     ("mlx", {"logprobs"}, ["logprobs"]),
 ])
 def test_each_backend_says_which_needs_it_cannot_honour(backend, needs, missing):
-    assert BACKEND_CAPABILITIES[backend].lacks(frozenset(needs)) == missing
+    assert find_backend(backend).capabilities.lacks(frozenset(needs)) == missing
 
 
-def test_the_backend_classes_declare_the_shared_capabilities():
+def test_the_backend_classes_take_their_name_and_capabilities_from_their_descriptor():
     from inference.engine.llamacpp import LlamaCppBackend
     from inference.engine.mlx import MlxBackend
     from inference.engine.torch.backend import TorchBackend
 
-    for cls in (LlamaCppBackend, TorchBackend, MlxBackend):
+    for cls, info in zip((LlamaCppBackend, TorchBackend, MlxBackend), BACKENDS, strict=True):
+        assert info.implementation.endswith(f":{cls.__name__}")
+        assert cls.name == info.name
         assert isinstance(cls.capabilities, Capabilities)
-        assert cls.capabilities is BACKEND_CAPABILITIES[cls.name]
+        assert cls.capabilities is info.capabilities
+
+
+def test_the_web_process_reads_the_descriptors_and_imports_no_backend():
+    code = ("import sys, django; django.setup(); "
+            "import inference.selection, inference.services, webui.views, api.api; "
+            "print(sorted({'torch', 'llama_cpp', 'mlx', 'mlx_lm'} & set(sys.modules)))")
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings"}
+    imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env,
+                              cwd=Path(__file__).parents[2]).stdout
+    assert imported.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize(("model_format", "backend"), [("gguf", "llamacpp"), ("hf-safetensors", "torch"),
+                                                       ("mlx", "mlx")])
+def test_each_format_has_its_native_backend(model_format, backend):
+    assert native_backend(model_format) == backend
+
+
+def test_an_unknown_backend_is_answered_with_the_names_hearth_has():
+    assert find_backend("tensorrt") is None
+    assert backend_names() == "llamacpp, torch or mlx"
+    assert unknown_backend("tensorrt") == "Unknown backend 'tensorrt'; choose llamacpp, torch or mlx."
 
 
 @pytest.mark.parametrize(("backend", "fmt", "options", "quantization", "expected"), [
@@ -42,4 +73,5 @@ def test_the_backend_classes_declare_the_shared_capabilities():
 ])
 def test_weights_take_what_each_backend_holds_in_memory(backend, fmt, options, quantization, expected):
     spec = ModelSpec(path="/m", format=fmt, options=options)
-    assert weights_bytes(backend, spec, parameter_count=1_000, size_bytes=700, quantization=quantization) == expected
+    info = find_backend(backend)
+    assert info.weights_bytes(spec, parameter_count=1_000, size_bytes=700, quantization=quantization) == expected

@@ -114,6 +114,18 @@ def test_its_gguf_parser_agrees_with_the_gguf_package(tmp_path, arch):
     )
 
 
+def test_its_gguf_parser_decodes_arrays_when_asked(tmp_path):
+    path = factories.build_tiny_gguf(tmp_path / "tiny.gguf")
+    vocab = factories.tiny_spm_vocab()
+
+    fields = read_gguf_header(path, with_arrays=True).fields
+
+    assert fields["tokenizer.ggml.tokens"] == [piece for piece, _, _ in vocab]
+    assert fields["tokenizer.ggml.scores"] == pytest.approx([score for _, score, _ in vocab])
+    assert fields["tokenizer.ggml.token_type"] == [kind for _, _, kind in vocab]
+    assert fields["general.architecture"] == "llama"
+
+
 @pytest.mark.slow
 def test_its_gguf_parser_sizes_every_quantized_tensor_of_the_demo_model():
     """Q4_K, Q5_0, Q6_K, Q8_0 and F32 tensors laid end to end (each padded to the alignment) fill the

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inference.engine.formats import GGUFArray
-from inference.engine.metadata import ModelMetadata, gguf_fields, read_metadata
+from inference.engine.formats import GGUFArray, read_gguf_header
+from inference.engine.metadata import ModelMetadata, read_metadata
 from tests import factories
 
 # --- GGUF -----------------------------------------------------------------------------------------
@@ -47,7 +47,7 @@ def test_it_reads_architecture_size_and_context_of_other_shapes(tmp_path, option
 
 def test_it_names_the_quantization_by_the_dominant_tensor_type_without_a_file_type(tmp_path):
     path = factories.build_tiny_gguf(tmp_path / "m.gguf", file_type=None)
-    assert "general.file_type" not in gguf_fields(path)
+    assert "general.file_type" not in read_gguf_header(path).fields
     assert read_metadata(path).quantization == "F32"
 
 
@@ -61,8 +61,8 @@ def test_it_reports_a_gguf_without_chat_template(tmp_path):
     assert not meta.has_chat_template
 
 
-def test_its_gguf_fields_summarise_arrays_by_length(tmp_path):
-    fields = gguf_fields(factories.build_tiny_gguf(tmp_path / "m.gguf"))
+def test_its_gguf_header_fields_summarise_arrays_by_length(tmp_path):
+    fields = read_gguf_header(factories.build_tiny_gguf(tmp_path / "m.gguf")).fields
 
     n_vocab = len(factories.tiny_spm_vocab())
     assert fields["tokenizer.ggml.tokens"] == GGUFArray(element_type="STRING", length=n_vocab)
@@ -218,7 +218,7 @@ def test_the_builder_can_put_the_template_in_chat_template_jinja(tmp_path):
 
 def test_it_finds_the_template_of_a_gguf_in_tokenizer_chat_template(tmp_path):
     path = factories.build_tiny_gguf(tmp_path / "m.gguf", chat_template=JINJA)
-    assert gguf_fields(path)["tokenizer.chat_template"] == JINJA
+    assert read_gguf_header(path).fields["tokenizer.chat_template"] == JINJA
     assert read_metadata(path).chat_template == JINJA
 
 
@@ -243,7 +243,7 @@ def test_it_reads_the_demo_model():
 
     path = assemble()
     meta = read_metadata(path)
-    fields = gguf_fields(path)
+    fields = read_gguf_header(path).fields
 
     assert meta.format == "gguf"
     assert meta.architecture == "gemma3"

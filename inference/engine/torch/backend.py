@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import torch
 
-from inference.engine.base import BACKEND_CAPABILITIES, ModelRefused, ModelSpec
+from inference.engine.backends import TORCH
+from inference.engine.base import ModelRefused, ModelSpec
 from inference.engine.chat_template import ChatTemplate
+from inference.engine.formats import read_hf_config
 from inference.engine.torch.batch_model import TorchBatchModel
-from inference.engine.torch.loader import LoadedWeights, load_hf_model, read_config
+from inference.engine.torch.loader import LoadedWeights, load_hf_model
 from inference.engine.torch.models import matvec
 from inference.engine.torch.tokenizer import TextTokenizer
 
 
 class TorchBackend:
-    name = "torch"
-    capabilities = BACKEND_CAPABILITIES["torch"]  # sampling only: no grammars, logprobs or embeddings
+    name = TORCH.name
+    capabilities = TORCH.capabilities  # sampling only: no grammars, logprobs or embeddings
 
     def unavailable_reason(self) -> str | None:
         return None  # torch is a core dependency; CPU always works
@@ -32,7 +34,7 @@ class TorchBackend:
         if spec.format == "hf-safetensors":
             weights = load_hf_model(spec.path, device=device, dtype=dtype)
             tokenizer = TextTokenizer.from_hf_dir(spec.path)
-            architecture = spec.architecture or read_config(spec.path)["model_type"]
+            architecture = spec.architecture or read_hf_config(spec.path)["model_type"]
             gguf_template = None
         elif spec.format == "gguf":
             from inference.engine.torch.gguf_loader import load_gguf_model

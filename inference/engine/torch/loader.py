@@ -1,12 +1,11 @@
 """Hugging Face safetensors checkpoints -> our modules, through each architecture's weight map.
 
-Tensors are read from memory-mapped safetensors files (sharded ones through
-`model.safetensors.index.json`); nothing is ever unpickled.
+Tensors are read from memory-mapped safetensors files: config.json and the weight files (sharded ones
+through `model.safetensors.index.json`) come from `formats`' readers. Nothing is ever unpickled.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -18,12 +17,12 @@ import torch
 from safetensors import safe_open
 
 from inference.engine.base import ModelRefused
+from inference.engine.formats import hf_weight_files, read_hf_config
 from inference.engine.torch.models import architecture_for
 from inference.engine.torch.models.layers import fuse_projections
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
-MAX_CONFIG_BYTES = 1 << 20
 
 
 @dataclass
@@ -55,18 +54,6 @@ def pick_device_and_dtype(device: str | None = None, dtype: str | None = None, *
     return device_, DTYPES[dtype]
 
 
-def read_config(model_dir: str | Path) -> dict[str, Any]:
-    path = Path(model_dir) / "config.json"
-    if not path.is_file():
-        raise ModelRefused(f"{model_dir} has no config.json.")
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise ModelRefused(f"{path} is implausibly large for a config.")
-    config = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
-        raise ModelRefused(f"{path} does not name a model_type.")
-    return config
-
-
 def stored_dtype(config: dict[str, Any]) -> str | None:
     """The dtype a Hugging Face config says its weights are stored in ("bfloat16", "float32", ...)."""
     for source in (config, config.get("text_config")):
@@ -77,37 +64,14 @@ def stored_dtype(config: dict[str, Any]) -> str | None:
     return None
 
 
-def safetensors_files(model_dir: str | Path) -> list[Path]:
-    """The checkpoint's files: the shards named by the index, or the single model.safetensors."""
-    model_dir = Path(model_dir)
-    index = model_dir / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise ModelRefused(f"{index} has no weight_map.")
-        names = sorted(set(weight_map.values()))
-        for name in names:  # shards must be plain files beside the index
-            if not isinstance(name, str) or Path(name).name != name or not name.endswith(".safetensors"):
-                raise ModelRefused(f"{index} names an unexpected shard {name!r}.")
-        files = [model_dir / name for name in names]
-    else:
-        files = [model_dir / "model.safetensors"]
-    missing = [f.name for f in files if not f.is_file()]
-    if missing:
-        raise ModelRefused(f"{model_dir} is missing {', '.join(missing)}.")
-    return files
-
-
 def load_hf_model(model_dir: str | Path, *, device: str | None = None, dtype: str | None = None) -> LoadedWeights:
-    config = read_config(model_dir)
+    config = read_hf_config(model_dir)
     arch = architecture_for(config["model_type"])
     args = arch.Args.from_config(config)
     device_, dtype_ = pick_device_and_dtype(device, dtype, stored=stored_dtype(config))
     aliases = getattr(arch, "HF_PREFIX_ALIASES", ())
     with ExitStack() as stack:
-        handles = [stack.enter_context(safe_open(str(f), framework="pt", device="cpu"))
-                   for f in safetensors_files(model_dir)]
-        where = {key: handle for handle in handles for key in handle.keys()}  # noqa: SIM118 (not a dict)
+        where = open_checkpoint(stack, model_dir)
 
         def tensors():
             for name in arch.weight_names(args):
@@ -116,6 +80,12 @@ def load_hf_model(model_dir: str | Path, *, device: str | None = None, dtype: st
 
         model = build_model(arch, args, tensors(), device=device_, dtype=dtype_)
     return LoadedWeights(model, arch, args, dtype_, device_)
+
+
+def open_checkpoint(stack: ExitStack, model_dir: str | Path) -> dict[str, Any]:
+    """Every tensor name of the checkpoint -> the memory-mapped safetensors file holding it (open in `stack`)."""
+    handles = [stack.enter_context(safe_open(str(f), framework="pt", device="cpu")) for f in hf_weight_files(model_dir)]
+    return {key: handle for handle in handles for key in handle.keys()}  # noqa: SIM118 (not a dict)
 
 
 def _find_key(hf_name: str, available: dict, aliases: tuple[tuple[str, str], ...]) -> str:

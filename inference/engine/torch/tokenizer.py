@@ -3,7 +3,6 @@ vocabulary stored in a GGUF file."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 from inference.engine.base import ModelRefused
+from inference.engine.formats import read_hf_config, read_json_object
 
 # Tokens that end an assistant turn in the chat formats we know; stop ids when the vocabulary has them.
 END_OF_TURN_TOKENS = ("<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<|endoftext|>")
@@ -61,14 +61,14 @@ class TextTokenizer:
         if not (path / "tokenizer.json").is_file():
             raise ModelRefused(f"{path} has no tokenizer.json; the torch engine needs one.")
         tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
-        config = _read_json(path / "tokenizer_config.json")
+        config = read_json_object(path / "tokenizer_config.json", "The tokenizer's") or {}
         bos_token, eos_token = _token_text(config.get("bos_token")), _token_text(config.get("eos_token"))
         bos_id = tokenizer.token_to_id(bos_token) if bos_token else None
         add_bos = config.get("add_bos_token")
         if add_bos is None:  # ask the post-processor whether it prepends BOS
             add_bos = bos_id is not None and tokenizer.encode("a", add_special_tokens=True).ids[:1] == [bos_id]
         stop_ids = set()
-        for source in (_read_json(path / "generation_config.json"), _read_json(path / "config.json")):
+        for source in (read_json_object(path / "generation_config.json", "The model's") or {}, read_hf_config(path)):
             stop_ids |= _as_id_set(source.get("eos_token_id"))
         if eos_token and tokenizer.token_to_id(eos_token) is not None:
             stop_ids.add(tokenizer.token_to_id(eos_token))
@@ -157,13 +157,6 @@ def _add_special_tokens(tokenizer: Tokenizer, tokens: list[str], types: list[int
 
 def _end_of_turn_ids(tokenizer: Tokenizer) -> set[int]:
     return {i for i in (tokenizer.token_to_id(t) for t in END_OF_TURN_TOKENS) if i is not None}
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return data if isinstance(data, dict) else {}
 
 
 def _token_text(value: Any) -> str | None:

@@ -1,5 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
+from inference.engine.backends import BACKENDS
 from inference.engine.base import ModelRefused
 from inference.services import model_import
 
@@ -10,7 +11,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("path")
         parser.add_argument("--name", help="The model id clients use (default: from the file name).")
-        parser.add_argument("--backend", choices=["llamacpp", "torch", "mlx"], default="",
+        parser.add_argument("--backend", choices=[backend.name for backend in BACKENDS], default="",
                             help="Default: the backend the format selects.")
 
     def handle(self, *args, path, name, backend, **options):
