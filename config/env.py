@@ -74,3 +74,16 @@ def env_json(name: str, default):
         return json.loads(raw)
     except json.JSONDecodeError as error:
         raise ImproperlyConfigured(f"{name} is not valid JSON: {error}.") from None
+
+
+def backend_settings(default_name: str, default_backend: str, chains_name: str, chains) -> None:
+    """The default backend and the fallback chains name only backends Hearth has (engine/backends.py)."""
+    from inference.engine.backends import backend_names, find_backend
+
+    if default_backend and find_backend(default_backend) is None:
+        raise ImproperlyConfigured(f"{default_name}={default_backend!r} is no backend; use {backend_names()}.")
+    if not isinstance(chains, dict) or not all(isinstance(v, list) for v in chains.values()):
+        raise ImproperlyConfigured(f'{chains_name} maps a backend to the list tried after it: {{"llamacpp": ["torch"]}}.')
+    unknown = sorted({str(n) for name, chain in chains.items() for n in [name, *chain] if find_backend(str(n)) is None})
+    if unknown:
+        raise ImproperlyConfigured(f"{chains_name} names {', '.join(unknown)}, which is no backend; use {backend_names()}.")

@@ -15,7 +15,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from config import redis as redis_config
-from config.env import env_bool, env_bytes, env_int, env_json, env_list, env_str
+from config.env import backend_settings, env_bool, env_bytes, env_int, env_json, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(env_str("HEARTH_DATA_DIR", str(BASE_DIR / "var"))).resolve()
@@ -222,6 +222,7 @@ HEARTH_DEFAULT_BACKEND = env_str("HEARTH_DEFAULT_BACKEND")
 # When a backend cannot load a model, the next of its chain is tried (and the job says so).
 HEARTH_FALLBACK_CHAINS = env_json("HEARTH_FALLBACK_CHAINS", {"llamacpp": ["torch"], "torch": ["llamacpp"],
                                                              "mlx": ["torch"]})
+backend_settings("HEARTH_DEFAULT_BACKEND", HEARTH_DEFAULT_BACKEND, "HEARTH_FALLBACK_CHAINS", HEARTH_FALLBACK_CHAINS)
 # Request bodies over this are refused with 413 (API) before they are read.
 HEARTH_MAX_BODY_BYTES = env_bytes("HEARTH_MAX_BODY_BYTES", 16 * 1024**2)
 DATA_UPLOAD_MAX_MEMORY_SIZE = HEARTH_MAX_BODY_BYTES

@@ -9,7 +9,7 @@ from django.conf import settings
 from django.db import transaction
 
 from inference.engine.backends import find_backend, unknown_backend
-from inference.engine.base import EngineError, GenerationRequest, ModelRefused
+from inference.engine.base import EngineError, GenerationRequest, InvalidRequest, ModelRefused
 from inference.models import GenerationJob, JobStatus, LocalModel, model_id_validator
 from inference.presence import get_presence
 from inference.relay import get_relay
@@ -103,6 +103,8 @@ def generation_start(
 ) -> GenerationJob:
     """Queue a generation (503 without a live worker, 429 when the queue is full). `response` is the shape of
     the API's answer, kept so that a resumed stream renders the same."""
+    if backend and find_backend(backend) is None:
+        raise InvalidRequest(unknown_backend(backend))
     _admit()
     payload = request_to_json(request)
     if backend:

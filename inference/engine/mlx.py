@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import gc
 import importlib.util
-import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +31,7 @@ from inference.engine.base import (
 )
 from inference.engine.batch import KVCacheFull, Sampled, SavedKV, SlotWork
 from inference.engine.chat_template import ChatTemplate, render_chat
+from inference.engine.formats import read_hf_config
 
 INSTALL_HINT = MLX.install_hint
 _MODEL_TYPE = re.compile(r"^[a-z0-9_]+$")
@@ -84,12 +84,7 @@ def read_model_config(path: Path) -> dict[str, Any]:
             f"The mlx backend runs model directories (MLX or Hugging Face safetensors); {path.name} "
             "is not one. GGUF files run on the llamacpp backend."
         )
-    try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelRefused(f"{path.name}/config.json is missing or not JSON: {exc}") from exc
-    if not isinstance(config, dict):
-        raise ModelRefused(f"{path.name}/config.json is not a JSON object.")
+    config = read_hf_config(path)
     if "model_file" in config:
         model_file = config["model_file"]
         raise ModelRefused(f"{path.name} asks to run its own code ({model_file!r}); Hearth never does.")

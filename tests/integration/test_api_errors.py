@@ -86,3 +86,10 @@ def test_it_answers_a_body_that_is_not_utf8_with_400(embedded_server):
     response = post(embedded_server, "/v1/chat/completions", content=b'{"model": "\xff\xfe"}',
                     headers={"Content-Type": "application/json"})
     assert_envelope(response, 400)
+
+
+def test_it_refuses_an_unknown_backend_with_400_before_queueing_a_job(embedded_server):
+    response = post(embedded_server, "/v1/chat/completions", json={
+        "model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1, "backend": "tensorrt"})
+    error = assert_envelope(response, 400)
+    assert error["message"] == "Unknown backend 'tensorrt'; choose llamacpp, torch or mlx."
