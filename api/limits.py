@@ -12,6 +12,9 @@ import time
 from functools import cache
 
 from django.conf import settings
+from django.db.models import IntegerField, Sum, Value
+from django.db.models.fields.json import KT
+from django.db.models.functions import Cast, Coalesce
 
 from api.errors import error_response
 from inference.models import GenerationJob, JobStatus
@@ -75,19 +78,27 @@ def check_request_rate(key):
     )
 
 
-def check_concurrency(key, jobs: int = 1):
-    """None when the key may start `jobs` more jobs (one per choice), else the 429 response."""
+def check_concurrency(key, sequences: int = 1):
+    """None when the key may start `sequences` more generations (a job's choices each count), else the 429
+    response."""
     limit = key.max_concurrent_jobs
     if limit is None:
         return None
-    active = GenerationJob.objects.filter(api_key=key, status__in=(JobStatus.QUEUED, JobStatus.RUNNING)).count()
-    if active + jobs <= limit:
+    active = _active_sequences(key)
+    if active + sequences <= limit:
         return None
-    if jobs > limit:
-        return error_response(f"n={jobs} needs {jobs} concurrent jobs; this API key may run {limit} at once.",
-                              param="n", code="invalid_value")
+    if sequences > limit:
+        return error_response(f"This request needs {sequences} concurrent generations (n times its prompts); this "
+                              f"API key may run {limit} at once.", param="n", code="invalid_value")
     return rate_limited(
         f"This API key already has {active} generations running or queued (its limit is {limit}); wait for one "
         "to finish.",
         CONCURRENCY_RETRY_AFTER_SECONDS,
     )
+
+
+def _active_sequences(key) -> int:
+    """The generations of the key's queued and running jobs: a job of n choices counts n (its request's "n")."""
+    choices = Coalesce(Cast(KT("request__n"), IntegerField()), Value(1))
+    jobs = GenerationJob.objects.filter(api_key=key, status__in=(JobStatus.QUEUED, JobStatus.RUNNING))
+    return jobs.aggregate(total=Coalesce(Sum(choices), Value(0)))["total"]

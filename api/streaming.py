@@ -8,6 +8,10 @@ SSE event ids are unique and increasing: the chunks of relay event N have the id
 that reconnects with `Last-Event-ID` (docs/api.md: GET /v1/chat/completions/{id}?stream=true) gets every later
 chunk of the same job: the events are replayed from the relay, rendered the same way, and written from the first
 id after the one it saw.
+
+A job's events are those of inference/worker.py: a job of one choice has "started", "token"s and "done"; a job of
+n choices tags each of its events with "choice", ends each choice with a "choice_end" and ends with a "done" that
+carries "choices" (n) and the usage of all. `Answer` adds them up, per choice and for the usage.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ Numbered = tuple[int, dict[str, Any]]
 
 @dataclass
 class JobOutcome:
-    """What the events of a finished job add up to."""
+    """What the events of one choice add up to."""
 
     text: str = ""
     finish_reason: str | None = None
@@ -58,7 +62,7 @@ class JobOutcome:
             self.text += event.get("text", "")
             self.completion_tokens += len(event.get("ids") or ()) or 1
             self.logprobs.extend(event.get("logprobs") or ())
-        elif kind == "done":
+        elif kind in ("done", "choice_end"):
             self.finish_reason = event.get("finish_reason") or "stop"
             self.prompt_tokens = event.get("prompt_tokens", self.prompt_tokens)
             self.completion_tokens = event.get("completion_tokens", self.completion_tokens)
@@ -67,13 +71,48 @@ class JobOutcome:
         elif kind == "error":
             self.error = event
 
+
+
+def ends_a_choice(event: dict[str, Any]) -> bool:
+    """A "choice_end", or the "done" of a job of one choice (the end of its only choice too)."""
+    return event["kind"] == "choice_end" or (event["kind"] == "done" and "choices" not in event)
+
+
+@dataclass
+class Answer:
+    """What the events of an answer's jobs add up to: each choice's outcome (by its index) and the usage of
+    every job (each job's prompt counted once)."""
+
+    choices: dict[int, JobOutcome] = field(default_factory=dict)
+    jobs_done: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    error: dict[str, Any] | None = None
+
+    def apply(self, event: dict[str, Any]) -> None:
+        kind = event["kind"]
+        if kind == "error":
+            self.error = event
+            return
+        if kind == "done":
+            self.jobs_done += 1
+            self.prompt_tokens += event.get("prompt_tokens", 0)
+            self.completion_tokens += event.get("completion_tokens", 0)
+            self.cached_tokens += event.get("cached_tokens", 0)
+        if kind != "done" or ends_a_choice(event):
+            self.choice(event.get("choice", 0)).apply(event)
+
+    def choice(self, index: int) -> JobOutcome:
+        return self.choices.setdefault(index, JobOutcome())
+
+    def in_order(self) -> list[JobOutcome]:
+        return [self.choices[index] for index in sorted(self.choices)] or [JobOutcome()]
+
     @property
     def usage(self) -> dict[str, int]:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
-        }
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "cached_tokens": self.cached_tokens}
 
 
 def error_event_response(event: dict[str, Any]):
@@ -151,21 +190,23 @@ class JobEvents:
 
 
 class ChoiceEvents:
-    """The events of n jobs (one per choice, for `n` > 1) merged as they come; each event gets its "choice".
+    """The events of several prompts' jobs (a completion's list of prompts), each of `n` choices, merged as they
+    come; each event's "choice" becomes prompt × n + its choice in its job.
 
     Their indexes are renumbered 1, 2, ... in the merged order (a merged stream is not resumable by index).
     """
 
-    def __init__(self, streams: list[JobEvents]):
+    def __init__(self, streams: list[JobEvents], n: int = 1):
         self.streams = streams
+        self.n = n
 
     async def __aiter__(self) -> AsyncIterator[Numbered]:
         queue: asyncio.Queue = asyncio.Queue()
 
-        async def pump(choice: int, stream: JobEvents) -> None:
+        async def pump(prompt: int, stream: JobEvents) -> None:
             try:
                 async for _index, event in stream:
-                    await queue.put({**event, "choice": choice})
+                    await queue.put({**event, "choice": prompt * self.n + event.get("choice", 0)})
             finally:
                 await queue.put(None)
 
@@ -196,11 +237,11 @@ class ChoiceEvents:
             await stream.hang_up()
 
 
-async def collect(events: JobEvents | ChoiceEvents) -> JobOutcome:
-    outcome = JobOutcome()
+async def collect(events: JobEvents | ChoiceEvents) -> Answer:
+    answer = Answer()
     async for _index, event in events:
-        outcome.apply(event)
-    return outcome
+        answer.apply(event)
+    return answer
 
 
 def parse_event_id(value: str | None) -> tuple[int, int]:
@@ -214,19 +255,19 @@ def parse_event_id(value: str | None) -> tuple[int, int]:
         return 0, -1
 
 
-Renderer = Callable[[int, dict[str, Any], JobOutcome], list[dict[str, Any]]]
+Renderer = Callable[[int, dict[str, Any], Answer], list[dict[str, Any]]]
 
 
 def sse_response(events: JobEvents | ChoiceEvents, render: Renderer, *, headers: dict[str, str] | None = None,
                  resume_after: tuple[int, int] = (0, -1), hang_up: bool = True) -> StreamingHttpResponse:
-    """Stream `render(index, event, outcome)`'s chunks as SSE (ids "N", "N.1", ...), writing only those after
+    """Stream `render(index, event, answer)`'s chunks as SSE (ids "N", "N.1", ...), writing only those after
     `resume_after`. A client that goes away leaves its job a short grace to come back (`hang_up`).
 
-    `outcome` is that of the event's choice. An error event ends the stream (then [DONE]) and cancels the
-    other choices' jobs."""
+    `answer` holds every event up to this one. An error event ends the stream (then [DONE]) and cancels the
+    other prompts' jobs."""
 
     async def body() -> AsyncIterator[str]:
-        outcomes: dict[int, JobOutcome] = {}
+        answer = Answer()
         finished = failed = False
         # The first event carries `retry:` (an EventSource that loses the connection is back well within the
         # grace); a block of its own would reach OpenAI's client as an event with empty data.
@@ -238,15 +279,14 @@ def sse_response(events: JobEvents | ChoiceEvents, render: Renderer, *, headers:
                     continue
                 lines = []
                 for index, event in batch:
-                    outcome = outcomes.setdefault(event.get("choice", 0), JobOutcome())
-                    outcome.apply(event)
+                    answer.apply(event)
                     if event["kind"] == "error":
                         payload = error_payload(event.get("message", "Generation failed."),
                                                 status=event.get("status", 500), code=event.get("code"))
                         lines.append(_sse(index, 0, payload, resume_after))
                         failed = True
                         break
-                    for part, chunk in enumerate(render(index, event, outcome)):
+                    for part, chunk in enumerate(render(index, event, answer)):
                         lines.append(_sse(index, part, chunk, resume_after))
                 text = "".join(lines)
                 if text:
@@ -258,7 +298,7 @@ def sse_response(events: JobEvents | ChoiceEvents, render: Renderer, *, headers:
             yield "data: [DONE]\n\n"
         finally:
             if failed and isinstance(events, ChoiceEvents):
-                await asyncio.shield(events.cancel())  # one choice failed: the others stop
+                await asyncio.shield(events.cancel())  # one prompt's job failed: the others stop
             elif not finished and hang_up:
                 await asyncio.shield(events.hang_up())
 

@@ -9,7 +9,11 @@ seen "done" or "error" finds the row final.
 A job whose stream already has events was started by a worker that died (or shut down): this one claims the
 stream, replays the token ids those events carry through a fresh OutputProcessor (same text, same held-back
 characters), re-reads the prompt and those tokens, and continues from the next index. Its subscribers see one
-stream with no gap and no duplicate.
+stream with no gap and no duplicate. A job of n choices is replayed choice by choice (the events of each carry
+its "choice"), and only the choices that had not ended go on.
+
+The row keeps the first choice's text as `output_text` (the others are in the stream while it is kept) and the
+job's usage: the prompt counted once, the completion tokens of every choice summed.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import secrets
 import socket
 import threading
 import time
+from collections import defaultdict
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
@@ -27,7 +33,7 @@ from django.db import close_old_connections
 from django.utils import timezone
 
 from inference import metrics
-from inference.engine.base import EngineError
+from inference.engine.base import EngineError, choice_request
 from inference.engine.output import OutputProcessor
 from inference.engine.prompts import prepare_prompt
 from inference.engine.registry import ModelCache
@@ -37,7 +43,7 @@ from inference.models import GenerationJob, JobStatus
 from inference.relay import RELAY_OUTAGE_SECONDS, StreamLost, get_relay, is_terminal
 from inference.selection import job_needs, select_and_load
 from inference.specs import request_from_json
-from inference.worker import Engine, JobRun
+from inference.worker import Choice, Engine, JobRun
 
 log = logging.getLogger(__name__)
 SHUTDOWN_WAIT_SECONDS = 5
@@ -205,28 +211,17 @@ def run_generation_job(job: GenerationJob, worker: str) -> None:
         backend, model = selection.backend, selection.loaded
         request = request_from_json(job.request)
         prompt = prepare_prompt(model, request)
-        sent = [token for _, event in existing if event["kind"] == "token" for token in event.get("ids", ())]
-        processor = OutputProcessor(detokenize=model.detokenize, eog_ids=model.eog_ids,
-                                    max_new_tokens=prompt.max_new_tokens, stop=request.stop,
-                                    n_prompt=len(prompt.ids), logprobs=request.logprobs is not None)
-        processor.replay(sent)
-        sampler = model.sampler(request, prompt.ids + sent, len(prompt.ids))
+        started = {"dropped_messages": prompt.dropped_messages, "backend": backend, "fallbacks": selection.fallbacks}
+        choices = _choices(job, model, request, prompt, _sent_per_choice(existing), started)
     except Exception as error:
         fields, terminal = _failure(error, backend)
         if _finish_row(job, worker, **fields):
             _publish_with_retry(publisher.publish, terminal)
         return
-    already_started = any(event["kind"] == "started" for _, event in existing)
-    started = None if already_started else processor.started(
-        dropped_messages=prompt.dropped_messages, backend=backend, fallbacks=selection.fallbacks)
-    sequence = Sequence(id=str(job.id), user=str(job.owner_id), tokens=prompt.ids + sent, sampler=sampler,
-                        n_prompt=len(prompt.ids))
-    run = JobRun(job_id=str(job.id), sequence=sequence, processor=processor, publisher=publisher, started=started)
+    run = JobRun(job_id=str(job.id), choices=choices, publisher=publisher)
     try:
-        if processor.exhausted:  # its earlier worker had sent every token it may: only the end is missing
-            run.terminal = processor.end("length")[-1]
-            run.finished.set()
-        else:
+        run.end_exhausted()  # choices whose earlier worker sent every token they may: only their end is missing
+        if run.terminal is None:
             try:
                 engine().submit(run, model, label=f"{job.model_name} ({backend})")
             except RuntimeError:  # the worker is shutting down: the job goes back to the queue
@@ -237,7 +232,9 @@ def run_generation_job(job: GenerationJob, worker: str) -> None:
             while not run.finished.wait(WAIT_POLL_SECONDS):
                 pass
     finally:
-        sampler.close()
+        for choice in choices:
+            if choice.sequence is not None:
+                choice.sequence.sampler.close()
     if run.abandoned:
         log.info("job %s: no longer this worker's (%s)", job.id, run.abandoned)
         return
@@ -258,15 +255,72 @@ def run_generation_job(job: GenerationJob, worker: str) -> None:
         }
         if run.stop_reason == "client gone":
             fields["error_text"] = "Stopped: nobody was following it any more (its page or connection closed)."
-    fields.update(backend=backend, fallbacks=selection.fallbacks, output_text=processor.text)
+    fields.update(backend=backend, fallbacks=selection.fallbacks, output_text=choices[0].processor.text)
     if _finish_row(job, worker, **fields):
         _publish_with_retry(publisher.publish, terminal)
+
+
+@dataclass
+class _Sent:
+    """What a job's stream already holds of one choice (the job was taken over): its token ids, whether its
+    "started" went out, its "choice_end" if it ended."""
+
+    ids: list[int] = field(default_factory=list)
+    started: bool = False
+    end: dict[str, Any] | None = None
+
+
+def _sent_per_choice(existing: list) -> dict[int, _Sent]:
+    """The events earlier workers published, per choice (a job of one choice: all of them its choice 0's)."""
+    sent: dict[int, _Sent] = defaultdict(_Sent)
+    for _, event in existing:
+        choice = sent[event.get("choice", 0)]
+        if event["kind"] == "token":
+            choice.ids.extend(event.get("ids", ()))
+        elif event["kind"] == "started":
+            choice.started = True
+        elif event["kind"] == "choice_end":
+            choice.end = event
+    return sent
+
+
+def _choices(job: GenerationJob, model, request, prompt, sent: dict[int, _Sent], started: dict[str, Any]
+             ) -> list[Choice]:
+    """The job's `n` choices, each where its stream left it; their samplers are closed if one cannot be made."""
+    choices: list[Choice] = []
+    try:
+        for index in range(request.n):
+            choices.append(_choice(job, model, request, prompt, index, sent[index], started))
+    except BaseException:
+        for choice in choices:
+            if choice.sequence is not None:
+                choice.sequence.sampler.close()
+        raise
+    return choices
+
+
+def _choice(job: GenerationJob, model, request, prompt, index: int, sent: _Sent, started: dict[str, Any]) -> Choice:
+    """Choice `index`: its OutputProcessor replays the token ids already sent (same text, same held-back
+    characters); unless it had ended, a sequence of its own (prompt + those ids, its own sampler) that the
+    scheduler lets share the prompt's prefill with the job's other choices."""
+    processor = OutputProcessor(detokenize=model.detokenize, eog_ids=model.eog_ids,
+                                max_new_tokens=prompt.max_new_tokens, stop=request.stop,
+                                n_prompt=len(prompt.ids), logprobs=request.logprobs is not None)
+    processor.replay(sent.ids)
+    if sent.end is not None:
+        return Choice(index, processor, end=sent.end)
+    tokens = list(prompt.ids) + sent.ids
+    sampler = model.sampler(choice_request(request, index), tokens, len(prompt.ids))
+    sequence = Sequence(id=f"{job.id}:{index}", user=str(job.owner_id), tokens=tokens, sampler=sampler,
+                        n_prompt=len(prompt.ids), group=str(job.id))
+    return Choice(index, processor, sequence, started=None if sent.started else processor.started(**started))
 
 
 def _settle_from_stream(job: GenerationJob, worker: str, events: list) -> None:
     """A job whose stream already ended (its worker died between publishing the end and writing the row)."""
     terminal = events[-1][1]
-    text = "".join(event.get("text", "") for _, event in events if event["kind"] == "token")
+    text = "".join(event.get("text", "") for _, event in events
+                   if event["kind"] == "token" and event.get("choice", 0) == 0)
     if terminal["kind"] == "error":
         fields = {"status": JobStatus.FAILED, "error_code": terminal.get("code", ""),
                   "error_text": terminal.get("message", "")}

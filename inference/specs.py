@@ -51,6 +51,7 @@ def request_to_json(request: GenerationRequest) -> dict[str, Any]:
         "fit_history": request.fit_history,
         "structure": request.structure,
         "logprobs": request.logprobs,
+        "n": request.n,
     }
 
 
@@ -66,4 +67,5 @@ def request_from_json(data: dict[str, Any]) -> GenerationRequest:
         fit_history=bool(data.get("fit_history")),
         structure=data.get("structure"),
         logprobs=data.get("logprobs"),
+        n=int(data.get("n") or 1),
     )

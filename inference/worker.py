@@ -8,9 +8,16 @@ the relay. Between steps, at most every FLAG_POLL_SECONDS, it reads the cancel f
 its jobs in one round trip each: a cancelled job, or one nobody has followed for HEARTH_WATCH_SECONDS (its page and
 socket gone), stops within a step and frees its slot for the next.
 
+A job of n choices (`n` > 1) runs n sequences, one `Choice` each (its own sampler and OutputProcessor), that
+the scheduler lets share the prompt's prefill. They publish one stream: every event carries its "choice", a
+choice's end is a "choice_end" event (its processor's "done": finish_reason, its completion_tokens, ...), and the
+job's "done" comes once every choice has ended, with "choices": n and the usage of all (the prompt counted once,
+the completion tokens summed). A job of one choice publishes its processor's events unchanged (no "choice").
+
 A run ends in one of three ways: finished (its "done" event is handed to its task thread, which writes the row
 and then publishes it), failed (an error the task thread reports the same way), or abandoned (the job is no
 longer this worker's: taken over after a lapsed lease, or handed back at shutdown), which publishes nothing more.
+Stopping a job (cancelled, nobody following) ends every choice still running.
 """
 
 from __future__ import annotations
@@ -34,14 +41,24 @@ IDLE_WAIT_SECONDS = 0.5
 
 
 @dataclass(eq=False)
+class Choice:
+    """One of a job's choices: its index in the answer, the sequence the scheduler runs (None when it had ended
+    before this worker took the job over) and the OutputProcessor that turns its tokens into events."""
+
+    index: int
+    processor: OutputProcessor
+    sequence: Sequence | None = None
+    started: dict[str, Any] | None = None  # its "started" event, to publish at admission (None: already out)
+    end: dict[str, Any] | None = None  # its processor's "done", once it has ended
+
+
+@dataclass(eq=False)
 class JobRun:
-    """One job in the engine: its sequence, its output processor and its stream."""
+    """One job in the engine: its choices (one for n == 1) and its one stream."""
 
     job_id: str
-    sequence: Sequence
-    processor: OutputProcessor
+    choices: list[Choice]
     publisher: JobPublisher
-    started: dict[str, Any] | None = None  # the "started" event to publish at admission (None: already out)
     terminal: dict[str, Any] | None = None  # "done" or "error", for the task thread to publish after the row
     abandoned: str = ""  # why this worker stopped writing the job (taken over, handed back)
     finished: threading.Event = field(default_factory=threading.Event)
@@ -50,12 +67,76 @@ class JobRun:
     stop_reason: str = ""  # why it was stopped from outside ("cancelled", "client gone")
     scheduler: Scheduler | None = None
 
+    @property
+    def several(self) -> bool:
+        return len(self.choices) > 1
+
+    @property
+    def running(self) -> list[Choice]:
+        return [choice for choice in self.choices if choice.end is None]
+
+    def start(self, choice: Choice, cached_tokens: int) -> None:
+        """The choice got its slot: its "started" event, with the prompt tokens it found cached."""
+        choice.processor.cached_tokens = cached_tokens
+        started = {**choice.started, **({"cached_tokens": cached_tokens} if cached_tokens else {})}
+        choice.started = None
+        self.pending.extend(self._tagged(choice, [started]))
+
+    def take(self, choice: Choice, events: list[dict[str, Any]]) -> None:
+        """A choice's new events from its OutputProcessor. The one that ends it is kept as its end (published as
+        "choice_end" when the job has several); the job's terminal "done" is set once no choice runs."""
+        if choice.end is None and choice.processor.finished:
+            choice.end = events.pop()
+            if self.several:
+                events.append({**choice.end, "kind": "choice_end"})
+        self.pending.extend(self._tagged(choice, events))
+        self.conclude()
+
+    def end_exhausted(self) -> None:
+        """End at once the choices whose earlier worker sent every token they may (a job taken over)."""
+        for choice in self.running:
+            if choice.processor.exhausted:
+                self.take(choice, choice.processor.end("length"))
+        self.conclude()
+
+    def conclude(self) -> None:
+        """Once every choice has ended: the job's "done" (the only choice's own, or the summary of several)."""
+        if self.terminal is None and not self.running:
+            self.terminal = self.choices[0].end if not self.several else summary_of([c.end for c in self.choices])
+
     def flush(self) -> None:
         """Publish what is pending; raises StreamLost, or the relay's own error (kept for the next try)."""
         if self.pending:
             self.publisher.publish_many(self.pending)
             self.pending = []
         self.relay_failing_since = None
+
+    def _tagged(self, choice: Choice, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{**event, "choice": choice.index} for event in events] if self.several else events
+
+
+def summary_of(ends: list[dict[str, Any]]) -> dict[str, Any]:
+    """The "done" of a job of several choices, from each choice's end: the prompt counted once (its cached part:
+    what its one read found in a cache), the completion tokens summed, the first token of any choice, their rates
+    added (they decode together). Cancelled when any choice was; else the first choice's finish reason."""
+    reasons = [end["finish_reason"] for end in ends]
+    done: dict[str, Any] = {
+        "kind": "done",
+        "choices": len(ends),
+        "finish_reason": "cancelled" if "cancelled" in reasons else reasons[0],
+        "prompt_tokens": ends[0]["prompt_tokens"],
+        "completion_tokens": sum(end["completion_tokens"] for end in ends),
+    }
+    cached = min(end.get("cached_tokens", 0) for end in ends)
+    if cached:
+        done["cached_tokens"] = cached
+    first_tokens = [end["time_to_first_token"] for end in ends if end.get("time_to_first_token") is not None]
+    if first_tokens:
+        done["time_to_first_token"] = min(first_tokens)
+    rates = [end["tokens_per_second"] for end in ends if end.get("tokens_per_second")]
+    if rates:
+        done["tokens_per_second"] = sum(rates)
+    return done
 
 
 class Engine:
@@ -68,6 +149,7 @@ class Engine:
         self._schedulers: dict[int, Scheduler] = {}  # id(model) -> its scheduler
         self._labels: dict[int, str] = {}  # id(model) -> "name (backend)"
         self._runs: dict[str, JobRun] = {}
+        self._choices: dict[str, tuple[JobRun, Choice]] = {}  # sequence id -> its run and choice
         self._incoming: list[tuple[JobRun, BatchModel]] = []
         self._outside_stops: dict[str, str] = {}  # job id -> why (abandon, cancel) applied by the engine thread
         self._stopping = False
@@ -127,6 +209,7 @@ class Engine:
         with self._lock:
             runs = list(self._runs.values()) + [run for run, _ in self._incoming]
             self._runs.clear()
+            self._choices.clear()
             self._incoming.clear()
             for scheduler in self._schedulers.values():
                 scheduler.clear()
@@ -157,9 +240,11 @@ class Engine:
                     if scheduler is None:
                         scheduler = self._schedulers[id(model)] = Scheduler(
                             model, chunk_tokens=self.chunk_tokens, cache_bytes=self.cache_bytes, slots=self.slots)
-                    scheduler.add(run.sequence)
                     run.scheduler = scheduler
                     self._runs[run.job_id] = run
+                    for choice in run.running:
+                        scheduler.add(choice.sequence)
+                        self._choices[choice.sequence.id] = (run, choice)
             try:
                 self._apply_stops(stops)
                 self._check_flags()
@@ -176,7 +261,8 @@ class Engine:
         except KVCacheFull:
             # One sequence alone is larger than the KV cache: it ends here (its context is full).
             for sequence in scheduler.sequences():
-                self._end(self._runs[sequence.id], "length")
+                if sequence.id in self._choices:
+                    self._end_choice(*self._choices[sequence.id], "length")
             return
         except Exception as error:
             log.exception("decoding failed; the jobs of this model fail")
@@ -185,25 +271,13 @@ class Engine:
                 self._fail(run, error)
             return
         for sequence in scheduler.sequences():
-            run = self._runs.get(sequence.id)
-            if run is not None and run.started is not None and sequence.slot is not None:
-                run.processor.cached_tokens = sequence.cached_tokens
-                run.pending.append({**run.started, **({"cached_tokens": sequence.cached_tokens}
-                                                       if sequence.cached_tokens else {})})
-                run.started = None
-        touched = {}
+            run, choice = self._choices.get(sequence.id, (None, None))
+            if choice is not None and choice.started is not None and sequence.slot is not None:
+                run.start(choice, sequence.cached_tokens)
         for output in outputs:
-            run = self._runs.get(output.sequence.id)
-            if run is None:
-                continue
-            events = run.processor.add(output.token, output.logprobs)
-            touched[run.job_id] = run
-            if run.processor.finished:
-                run.terminal = events.pop()
-                run.pending.extend(events)
-                self._finish(run)
-            else:
-                run.pending.extend(events)
+            if output.sequence.id in self._choices:
+                run, choice = self._choices[output.sequence.id]
+                self._take(run, choice, choice.processor.add(output.token, output.logprobs))
         self._publish([run for run in self._runs.values() if run.pending])
 
     def _publish(self, runs: list[JobRun]) -> None:
@@ -259,13 +333,23 @@ class Engine:
                 run.stop_reason = "client gone"
                 self._end(run, "cancelled")
 
+    def _take(self, run: JobRun, choice: Choice, events: list[dict[str, Any]]) -> None:
+        """A choice's events into its run: a choice that ended leaves its scheduler, a job whose choices have all
+        ended is finished."""
+        run.take(choice, events)
+        if choice.end is not None:
+            self._release(run, choice)
+        if run.terminal is not None:
+            self._finish(run)
+
+    def _end_choice(self, run: JobRun, choice: Choice, reason: str) -> None:
+        """End a choice from outside (cancelled, context full): what it held back, then its end."""
+        self._take(run, choice, choice.processor.end(reason))
+
     def _end(self, run: JobRun, reason: str) -> None:
-        """Stop a run from outside: what was held back, then its "done"."""
-        events = run.processor.end(reason)
-        if events:
-            run.terminal = events.pop()
-            run.pending.extend(events)
-        self._finish(run)
+        """Stop a run from outside: every choice still running ends, then the job."""
+        for choice in run.running:
+            self._end_choice(run, choice, reason)
 
     def _fail(self, run: JobRun, error: BaseException) -> None:
         run.terminal = {"kind": "error", "exception": error}
@@ -279,9 +363,14 @@ class Engine:
     def _finish(self, run: JobRun) -> None:
         """Take the run out of its scheduler (its slot keeps the tokens cached) and wake its task thread, which
         publishes what is still pending, writes the row, then publishes the terminal event."""
-        if run.scheduler is not None:
-            run.scheduler.finish(run.sequence.id)
+        for choice in run.choices:
+            self._release(run, choice)
         self._runs.pop(run.job_id, None)
         run.finished.set()
         if self.on_change is not None:
             self.on_change()
+
+    def _release(self, run: JobRun, choice: Choice) -> None:
+        """Take a choice's sequence out of its scheduler (its slot keeps the tokens cached)."""
+        if choice.sequence is not None and self._choices.pop(choice.sequence.id, None) and run.scheduler:
+            run.scheduler.finish(choice.sequence.id)

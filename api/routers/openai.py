@@ -17,10 +17,12 @@ from api.errors import error_response
 from api.limits import check_concurrency
 from api.schemas import openai as oa
 from api.streaming import (
+    Answer,
     ChoiceEvents,
     JobEvents,
     JobOutcome,
     collect,
+    ends_a_choice,
     error_event_response,
     now,
     parse_event_id,
@@ -51,39 +53,31 @@ def _engine_error_response(error: EngineError):
     return error_response(error.message, status=error.status, code=error.code, headers=headers)
 
 
-def _choice_requests(body) -> list:
-    """One engine request per choice (`n`): with a seed, choice i samples with seed + i, so choices differ and
-    the whole response is reproducible; without one, each job draws its own seed."""
+def _prompt_requests(body) -> list:
+    """One engine request per prompt (a chat has one; a completion one per prompt, in order), each with the
+    request's `n` choices: one job runs them all (the worker samples choice i with seed + i)."""
     base = body.to_generation_request()
-    prompts = getattr(body, "prompt", None) or [None]  # a completion's prompts: n choices each, in order
-    n = body.n or 1
-    if n == 1 and len(prompts) == 1:
-        return [base]
-    seed = base.sampling.seed
-    requests = []
-    for prompt in prompts:
-        for i in range(n):
-            sampling = replace(base.sampling, seed=None if seed is None else (seed + i) % 2**63)
-            requests.append(replace(base, sampling=sampling, prompt=prompt if prompt is not None else base.prompt))
-    return requests
+    prompts = getattr(body, "prompt", None) or [base.prompt]
+    return [replace(base, prompt=prompt) for prompt in prompts]
 
 
 async def _start(request: HttpRequest, body, kind: str, response: dict[str, Any]):
-    """Queue the job(s) and wait for each one's first event: (jobs, [JobEvents], first event), or (None, error).
+    """Queue the job(s), one per prompt, and wait for each one's first event: (jobs, [JobEvents], first event), or
+    (None, error).
 
     `response` is what shapes the answer (kept on the job, so that a resumed stream renders the same)."""
     model, missing = await sync_to_async(_model_or_404)(body.model)
     if missing:
         return None, missing
     try:
-        requests = _choice_requests(body)
+        requests = _prompt_requests(body)
     except EngineError as error:  # a schema or tool list that is refused
         return None, error_response(error.message, status=error.status, code=error.code or "invalid_value",
                                     param="tools" if getattr(body, "tools", None) else "response_format")
     refused = _backend_cannot_honour(model, body, requests[0])
     if refused is not None:
         return None, refused
-    over_limit = await sync_to_async(check_concurrency)(request.auth, len(requests))
+    over_limit = await sync_to_async(check_concurrency)(request.auth, len(requests) * requests[0].n)
     if over_limit is not None:
         return None, over_limit
     jobs, streams = [], []
@@ -162,13 +156,6 @@ def retrieve_model(request: HttpRequest, model_id: str):
     return _model_card(model)
 
 
-async def _collect_all(streams) -> tuple[list[JobOutcome], Any]:
-    """Every choice's outcome, or the error response of the first choice that failed."""
-    outcomes = [await collect(events) for events in streams]
-    failed = next((o.error for o in outcomes if o.error), None)
-    return outcomes, (error_event_response(failed) if failed else None)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # The shape of a response is data kept on its job ("response"), so that a stream resumed later (GET .../{id}
 # with Last-Event-ID) renders exactly the chunks the first connection would have had.
@@ -189,18 +176,32 @@ def _response_id(response: dict[str, Any], job_id) -> str:
     return f"{prefix}-{uuid.UUID(str(job_id)).hex}"
 
 
-def _renderer(response: dict[str, Any], completion_id: str, fingerprint: str, n_choices: int):
-    """render(index, event, outcome) -> the SSE chunks of one relay event, for chat or text completions."""
+def _renderer(response: dict[str, Any], completion_id: str, fingerprint: str, jobs: int):
+    """render(index, event, answer) -> the SSE chunks of one relay event, for chat or text completions; the usage
+    chunk (if asked) once all `jobs` are done."""
     chat = response["dialect"] == "chat"
     model, created, include_usage = response["model"], response["created"], response["include_usage"]
     tools = response.get("tools")
     common = {"system_fingerprint": fingerprint, "include_usage": include_usage}
-    done: dict[int, JobOutcome] = {}
 
     def chunk(**fields):
         return (oa.chat_chunk if chat else oa.completion_chunk)(completion_id, created, model, **common, **fields)
 
-    def render(_index: int, event: dict[str, Any], outcome: JobOutcome) -> list[dict[str, Any]]:
+    def end_of_choice(choice: int, outcome: JobOutcome) -> list[dict[str, Any]]:
+        chunks, finish = [], _finish(outcome)
+        if tools:
+            content, calls = parse_tool_calls(outcome.text, tools, id_seed=f"{completion_id}:{choice}")
+            delta_chunk = chunk(content=content, index=choice)
+            if calls:
+                delta_chunk["choices"][0]["delta"]["tool_calls"] = [
+                    {**call, "index": position} for position, call in enumerate(calls)]
+                finish = "tool_calls"
+            if content is not None or calls:
+                chunks.append(delta_chunk)
+        chunks.append(chunk(finish_reason=finish, index=choice))
+        return chunks
+
+    def render(_index: int, event: dict[str, Any], answer: Answer) -> list[dict[str, Any]]:
         kind, choice = event["kind"], event.get("choice", 0)
         if kind == "started":
             return [chunk(role="assistant", index=choice)] if chat else []
@@ -214,45 +215,27 @@ def _renderer(response: dict[str, Any], completion_id: str, fingerprint: str, n_
                 piece["choices"][0]["logprobs"] = (oa.chat_logprobs(entries) if chat
                                                    else oa.completion_logprobs(entries))
             return [piece]
-        if kind != "done":
-            return []
-        done[choice] = outcome
-        chunks, finish = [], _finish(outcome)
-        if tools:
-            content, calls = parse_tool_calls(outcome.text, tools, id_seed=f"{completion_id}:{choice}")
-            delta_chunk = chunk(content=content, index=choice)
-            if calls:
-                delta_chunk["choices"][0]["delta"]["tool_calls"] = [
-                    {**call, "index": position} for position, call in enumerate(calls)]
-                finish = "tool_calls"
-            if content is not None or calls:
-                chunks.append(delta_chunk)
-        chunks.append(chunk(finish_reason=finish, index=choice))
-        if include_usage and len(done) == n_choices:
-            totals = {"prompt_tokens": sum(o.prompt_tokens for o in done.values()),
-                      "completion_tokens": sum(o.completion_tokens for o in done.values()),
-                      "cached_tokens": sum(o.cached_tokens for o in done.values())}
+        chunks = end_of_choice(choice, answer.choice(choice)) if ends_a_choice(event) else []
+        if kind == "done" and include_usage and answer.jobs_done == jobs:
             usage_chunk = oa.usage_chunk if chat else oa.completion_usage_chunk
-            chunks.append(usage_chunk(completion_id, created, model, system_fingerprint=fingerprint, **totals))
+            chunks.append(usage_chunk(completion_id, created, model, system_fingerprint=fingerprint, **answer.usage))
         return chunks
 
     return render
 
 
-def _whole_response(response: dict[str, Any], completion_id: str, fingerprint: str, outcomes: list[JobOutcome]
+def _whole_response(response: dict[str, Any], completion_id: str, fingerprint: str, answer: Answer
                     ) -> dict[str, Any]:
     """The non-streamed answer of all choices."""
     model, created = response["model"], response["created"]
-    totals = {"prompt_tokens": sum(o.prompt_tokens for o in outcomes),
-              "completion_tokens": sum(o.completion_tokens for o in outcomes),
-              "cached_tokens": sum(o.cached_tokens for o in outcomes)}
+    outcomes = answer.in_order()
     if response["dialect"] == "chat":
         payload = oa.chat_completion(completion_id, created, model, system_fingerprint=fingerprint,
-                                     content=outcomes[0].text, finish_reason=_finish(outcomes[0]), **totals)
+                                     content=outcomes[0].text, finish_reason=_finish(outcomes[0]), **answer.usage)
         payload["choices"] = [_chat_choice(response, completion_id, i, o) for i, o in enumerate(outcomes)]
         return payload
     payload = oa.completion(completion_id, created, model, system_fingerprint=fingerprint, text=outcomes[0].text,
-                            finish_reason=_finish(outcomes[0]), **totals)
+                            finish_reason=_finish(outcomes[0]), **answer.usage)
     payload["choices"] = [
         {"text": o.text, "index": i, "finish_reason": _finish(o),
          "logprobs": oa.completion_logprobs(o.logprobs) if response["logprobs"] else None}
@@ -268,15 +251,15 @@ async def _answer(request: HttpRequest, body, kind: str, response: dict[str, Any
     jobs, streams, first = started
     completion_id, fingerprint = _response_id(response, jobs[0].id), _fingerprint(first)
     headers = {**_hearth_headers(first), "x-hearth-job": str(jobs[0].id)}
+    events = streams[0] if len(streams) == 1 else ChoiceEvents(streams, body.n or 1)
     if not body.stream:
-        outcomes, failure = await _collect_all(streams)
-        if failure:
-            return failure
-        answer = JsonResponse(_whole_response(response, completion_id, fingerprint, outcomes))
+        answer = await collect(events)
+        if answer.error:
+            return error_event_response(answer.error)
+        whole = JsonResponse(_whole_response(response, completion_id, fingerprint, answer))
         for name, value in headers.items():
-            answer[name] = value
-        return answer
-    events = streams[0] if len(streams) == 1 else ChoiceEvents(streams)
+            whole[name] = value
+        return whole
     return sse_response(events, _renderer(response, completion_id, fingerprint, len(streams)), headers=headers)
 
 
@@ -309,10 +292,10 @@ async def _resume(request: HttpRequest, completion_id: str, dialect: str, stream
         return error_event_response(first)
     fingerprint = _fingerprint(first)
     if not stream:
-        outcome = await collect(events)
-        if outcome.error:
-            return error_event_response(outcome.error)
-        return JsonResponse(_whole_response(response, completion_id, fingerprint, [outcome]))
+        answer = await collect(events)
+        if answer.error:
+            return error_event_response(answer.error)
+        return JsonResponse(_whole_response(response, completion_id, fingerprint, answer))
     resume_after = parse_event_id(starting_after or request.headers.get("Last-Event-ID"))
     return sse_response(events, _renderer(response, completion_id, fingerprint, 1), resume_after=resume_after,
                         headers={"x-hearth-job": str(job.id)})

@@ -38,7 +38,7 @@ from inference.engine.sampling import SamplingParams
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_STOP_SEQUENCES = 4
-MAX_CHOICES = 16  # n (times the prompts of a completion): one job each
+MAX_CHOICES = 16  # n (times the prompts of a completion): one sequence each, one job per prompt
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
 
@@ -354,6 +354,7 @@ class ChatCompletionRequest(_GenerationParameters):
             sampling=self.to_sampling_params(),
             max_tokens=self.effective_max_tokens(),
             stop=self.stop_list(),
+            n=self.n or 1,
             **extras,
         )
 
@@ -434,6 +435,7 @@ class CompletionRequest(_GenerationParameters):
             sampling=self.to_sampling_params(),
             max_tokens=self.effective_max_tokens(),
             stop=self.stop_list(),
+            n=self.n or 1,
             **extras,
         )
 

@@ -9,7 +9,7 @@ the events the relay carries.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 from inference.engine.sampling import SamplingParams
@@ -91,6 +91,17 @@ class GenerationRequest:
     structure: dict[str, Any] | None = None
     # Log probabilities: None, off; N, the sampled token's log probability and the N most likely alternatives.
     logprobs: int | None = None
+    # Choices: n sequences sampled from the one prompt, read once (engine/scheduler.py shares its prefill).
+    n: int = 1
+
+
+def choice_request(request: GenerationRequest, index: int) -> GenerationRequest:
+    """The request of choice `index` (of `request.n`): with a seed, it samples with seed + index, so the choices
+    differ and the whole answer is reproducible; without one, each choice's sampler draws its own seed."""
+    seed = request.sampling.seed
+    if seed is None or index == 0:
+        return request
+    return replace(request, sampling=replace(request.sampling, seed=(seed + index) % 2**63))
 
 
 def reply_reserve(n_ctx: int) -> int:

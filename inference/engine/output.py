@@ -9,6 +9,9 @@ Events (plain dicts, as the relay carries them):
 - "token": text (new complete characters), ids (every token id consumed since the previous "token" event, so a
   worker taking the job over can replay them and continue exactly where the text stopped), logprobs (when asked);
 - "done": finish_reason ("stop", "length", "cancelled"), counts, time_to_first_token, tokens_per_second.
+
+A job of n choices has one OutputProcessor per choice; the worker tags their events with the choice and publishes
+each one's "done" as a "choice_end" (inference/worker.py).
 """
 
 from __future__ import annotations

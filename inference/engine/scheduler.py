@@ -6,7 +6,9 @@
 1. admits waiting sequences into free slots, users served in turn (round-robin: one user's burst of requests
    does not push a teammate's to the back), each into the slot whose cached tokens share the longest prefix
    with it — a free slot that held the same conversation, a copy of a running slot's prefix (the other choices
-   of an `n > 1` request, a shared system prompt), or a conversation saved to host memory earlier;
+   of an `n > 1` request, a shared system prompt), or a conversation saved to host memory earlier; a sequence
+   whose prompt another is still reading (a choice of the same request, a long shared prefix) waits a step
+   and copies it instead;
 2. builds one batch: the last sampled token of every decoding sequence, plus prompt chunks of the sequences
    still reading their prompts, up to `chunk_tokens` prompt tokens per step (a long prompt never stalls the
    others for more than one chunk);
@@ -58,6 +60,7 @@ class Sequence:
     tokens: list[int]
     sampler: Any
     n_prompt: int = 0  # tokens[:n_prompt] is the prompt (and, on a resumed job, the output already sent)
+    group: str = ""  # the choices of one request share it: their prompt is read once, however short
     slot: int | None = None
     computed: int = 0  # tokens[:computed] are in the slot's KV cache
     cached_tokens: int = 0  # of the prompt, reused from the cache at admission
@@ -283,10 +286,14 @@ class Scheduler:
             self._requeue_first(sequence)
 
     def _shares_a_prompt_being_read(self, sequence: Sequence) -> bool:
-        """Whether a running sequence is still reading a prompt that shares a long prefix with this one (the
-        other choices of an n > 1 request, or the same long system prompt)."""
+        """Whether a running sequence is still reading a prompt that this one shares: another choice of the same
+        request (its group), or a long common prefix (the same long system prompt)."""
         for running in self._running.values():
-            if running.prefilling and common_prefix(running.tokens, sequence.tokens) >= MIN_SAVED_TOKENS:
+            if not running.prefilling:
+                continue
+            if sequence.group and running.group == sequence.group:
+                return True
+            if common_prefix(running.tokens, sequence.tokens) >= MIN_SAVED_TOKENS:
                 return True
         return False
 

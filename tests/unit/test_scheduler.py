@@ -36,10 +36,10 @@ def model(backend, files):
     loaded.close()
 
 
-def sequence(model, name: str, text: str, user: str = "alice") -> Sequence:
+def sequence(model, name: str, text: str, user: str = "alice", group: str = "") -> Sequence:
     ids = model.tokenize(text)
     return Sequence(id=name, user=user, tokens=list(ids), sampler=model.sampler(GREEDY, ids, len(ids)),
-                    n_prompt=len(ids))
+                    n_prompt=len(ids), group=group)
 
 
 def run(scheduler: Scheduler, sequences: list[Sequence], n: int, *, trace: list | None = None) -> dict[str, list]:
@@ -137,6 +137,20 @@ def test_choices_of_one_prompt_share_its_prefill(model):
     got = run(scheduler, [first, second], 6)
     assert second.cached_tokens == second.n_prompt - 1  # copied from the first choice's slot
     assert got["c0"] == got["c1"] == cold(model, text, 6)
+
+
+def test_the_choices_of_one_request_read_even_a_short_prompt_once(model):
+    scheduler = Scheduler(model)
+    scheduler.clear()
+    text = "a b c"
+    choices = [sequence(model, f"job:{i}", text, group="job") for i in range(3)]
+    got = run(scheduler, choices, 6)
+    assert [c.cached_tokens for c in choices] == [0] + [c.n_prompt - 1 for c in choices[1:]]
+    assert got["job:0"] == got["job:1"] == got["job:2"] == cold(model, text, 6)
+    scheduler.clear()
+    strangers = [sequence(model, f"other:{i}", text) for i in range(2)]  # no group: each reads a short prompt
+    run(scheduler, strangers, 2)
+    assert [s.cached_tokens for s in strangers] == [0, 0]
 
 
 def test_users_are_admitted_in_turn(model):
