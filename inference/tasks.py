@@ -9,11 +9,12 @@ Celery's warm shutdown waits for the tasks, so another worker continues their st
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from celery import shared_task
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
-from inference.presence import Heartbeat
+from inference.presence import CONVERTER, WORKER, Heartbeat
 
 log = logging.getLogger(__name__)
 GENERATION_QUEUE = "generation"  # generation_run: a generation worker's slots
@@ -49,43 +50,37 @@ def model_convert(conversion_id: int) -> None:
 
 def start_worker_heartbeat(hostname: str) -> Heartbeat:
     """Begin to beat (presence, leases, the reaper) and wake the jobs left queued without a message."""
-    from django.db import close_old_connections
-
     from inference.leases import wake_queued
-    from inference.runner import name_worker
 
-    name = name_worker(hostname)
-    beat = _heartbeats[name] = Heartbeat(name, leases=True)
-    beat.start()
-    try:
-        woken = wake_queued()
-        if woken:
-            log.info("%d queued job(s) sent to the workers again", woken)
-    except Exception:
-        log.warning("could not look for queued jobs", exc_info=True)
-    finally:
-        close_old_connections()
-    return beat
+    return _begin_beat(hostname, WORKER, lambda _name: wake_queued(), "queued job(s) sent to the workers again")
 
 
 def start_converter_heartbeat(hostname: str) -> Heartbeat:
     """A converter beats as a converter (it never counts as a generation worker, holds no lease) and starts over
     the conversions a converter that died left running."""
+    from inference.conversions import resume_orphaned_conversions
+
+    return _begin_beat(hostname, CONVERTER, resume_orphaned_conversions,
+                       "conversion(s) left by a converter that died started over")
+
+
+def _begin_beat(hostname: str, role: str, catch_up: Callable[[str], int], caught_up: str) -> Heartbeat:
+    """Name this process, beat in its role (a generation worker also renews its leases and reaps), then
+    `catch_up(name)` on what was left undone while no such process ran; its count is logged as `caught_up`."""
     from django.db import close_old_connections
 
-    from inference.conversions import resume_orphaned_conversions
-    from inference.presence import CONVERTER
     from inference.runner import name_worker
 
     name = name_worker(hostname)
-    beat = _heartbeats[name] = Heartbeat(name, lambda: [], role=CONVERTER)
+    beat = _heartbeats[name] = (Heartbeat(name, leases=True) if role == WORKER
+                                else Heartbeat(name, lambda: [], role=role))
     beat.start()
     try:
-        resumed = resume_orphaned_conversions(name)
-        if resumed:
-            log.warning("%d conversion(s) left by a converter that died started over", resumed)
+        count = catch_up(name)
+        if count:
+            log.warning("%d %s", count, caught_up)
     except Exception:
-        log.warning("could not look for orphaned conversions", exc_info=True)
+        log.warning("could not catch up on what was left undone (%s)", caught_up, exc_info=True)
     finally:
         close_old_connections()
     return beat
