@@ -472,9 +472,10 @@ _REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
 def _messages_for_template(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Plain-data copies of `messages`, as transformers prepares them: keys whose value is None dropped
     (templates test `is defined`, and would print "None"), and the reasoning offered under all the
-    names templates read (`reasoning_content` for Qwen, `thinking` for gpt-oss)."""
+    names templates read (`reasoning_content` for Qwen, `thinking` for gpt-oss); tool-call arguments as
+    objects (`tool_call_arguments_as_objects`), whichever backend renders."""
     prepared = []
-    for message in _plain_data(messages):
+    for message in _plain_data(tool_call_arguments_as_objects(messages)):
         if not isinstance(message, dict):
             raise InvalidRequest(f"A chat message must be an object, not {type(message).__name__}.")
         message = {key: value for key, value in message.items() if value is not None}
@@ -799,7 +800,7 @@ class ChatTemplate:
     ) -> str:
         return render_chat(
             self.template,
-            tool_call_arguments_as_objects(messages),
+            messages,
             bos_token=self.bos_token,
             eos_token=self.eos_token,
             add_generation_prompt=add_generation_prompt,
@@ -816,7 +817,7 @@ def tool_call_arguments_as_objects(messages: list[dict[str, Any]]) -> list[dict[
     """
     converted = []
     for message in messages:
-        calls = message.get("tool_calls")
+        calls = message.get("tool_calls") if isinstance(message, Mapping) else None
         if not isinstance(calls, list):
             converted.append(message)
             continue

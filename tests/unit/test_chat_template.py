@@ -575,6 +575,14 @@ def test_it_turns_openai_tool_call_arguments_into_objects_and_leaves_the_rest_al
     assert messages[1]["tool_calls"][0]["function"]["arguments"] == '{"x": 1}'
 
 
+def test_every_backends_rendering_gives_templates_tool_call_arguments_as_objects():
+    # llama.cpp and MLX call render_chat directly, the torch engine through ChatTemplate: the same prompt.
+    template = "{% for m in messages %}{% for c in m.tool_calls or [] %}{{ c.function.arguments.city }}{% endfor %}{% endfor %}"
+    messages = [{"role": "assistant", "tool_calls": [{"function": {"name": "w", "arguments": '{"city": "Oslo"}'}}]}]
+    assert render_chat(template, messages) == "Oslo"
+    assert ChatTemplate(template, "override").render(messages) == "Oslo"
+
+
 # --- the real demo model --------------------------------------------------------------------------
 
 
