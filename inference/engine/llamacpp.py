@@ -390,6 +390,9 @@ class LlamaCppModel:
         import llama_cpp
 
         self._check(work)
+        # In slot order: a cache with a stream per sequence (kv_unified off) is cut into physical batches of
+        # increasing sequence ids only, so an unordered batch would be decoded in many small pieces.
+        work = sorted(work, key=lambda item: item.slot)
         sample_at = self._batch.fill(work)
         status = llama_cpp.llama_decode(self._context, self._batch.struct)
         if status == 1:  # no room found: llama.cpp put the cache back as it was
