@@ -391,9 +391,11 @@ class LlamaCppModel:
 
         self._check(work)
         # In slot order: a cache with a stream per sequence (kv_unified off) is cut into physical batches of
-        # increasing sequence ids only, so an unordered batch would be decoded in many small pieces.
-        work = sorted(work, key=lambda item: item.slot)
-        sample_at = self._batch.fill(work)
+        # increasing sequence ids only, so an unordered batch would be decoded in many small pieces. Samples come
+        # in the work's order.
+        in_slot_order = sorted(work, key=lambda item: item.slot)
+        sample_at = dict(zip((item.slot for item in in_slot_order if item.sample),
+                             self._batch.fill(in_slot_order), strict=True))
         status = llama_cpp.llama_decode(self._context, self._batch.struct)
         if status == 1:  # no room found: llama.cpp put the cache back as it was
             raise KVCacheFull(f"llama.cpp found no room for {self._batch.struct.n_tokens} tokens")
@@ -402,7 +404,8 @@ class LlamaCppModel:
         for item in work:
             self._cells.extend(item.slot, len(item.tokens))
         sampled = []
-        for item, index in zip((item for item in work if item.sample), sample_at, strict=True):
+        for item in (item for item in work if item.sample):
+            index = sample_at[item.slot]
             sampler: LlamaSampler = item.sampler
             logprobs = self._log_probabilities(index) if sampler.top_logprobs is not None else None
             token = sampler.sample(self._context, index, self.n_vocab)
