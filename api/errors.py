@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.http import JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 
 from config.paths import hide_paths
 
@@ -32,3 +33,10 @@ def error_response(
     for name, value in (headers or {}).items():
         response[name] = value
     return response
+
+
+@csrf_exempt  # an API client sends no CSRF token; this view changes nothing
+def unknown_api_path(request, *_args) -> JsonResponse:
+    """A path under /v1/ that Hearth does not serve: OpenAI's answer (404, "Invalid URL (METHOD /path)"), in JSON,
+    so that clients show the reason instead of an HTML page."""
+    return error_response(f"Invalid URL ({request.method} {request.path})", status=404, code="unknown_url")

@@ -1,11 +1,13 @@
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 
 from api.api import api
+from api.errors import unknown_api_path
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("webui.urls")),
     path("", include("api.web_urls")),  # before the API: ninja answers its own root with a 404
     path("", api.urls),
+    re_path(r"^v1(/.*)?$", unknown_api_path),  # OpenAI's JSON 404, never the site's HTML page
 ]

@@ -93,3 +93,12 @@ def test_it_refuses_an_unknown_backend_with_400_before_queueing_a_job(embedded_s
         "model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1, "backend": "tensorrt"})
     error = assert_envelope(response, 400)
     assert error["message"] == "Unknown backend 'tensorrt'; choose llamacpp, torch or mlx."
+
+
+@pytest.mark.parametrize("method, path", [("GET", "/v1/nope"), ("POST", "/v1/chat/nope"), ("GET", "/v1/"),
+                                          ("DELETE", "/v1")])
+def test_it_answers_an_unknown_api_path_with_openais_json_404(embedded_server, method, path):
+    response = httpx.request(method, f"{embedded_server.base_url}{path}", timeout=30,
+                             headers={"Authorization": f"Bearer {embedded_server.api_key}"})
+    error = assert_envelope(response, 404, "unknown_url")
+    assert error["message"] == f"Invalid URL ({method} {path})"
