@@ -16,12 +16,17 @@ from config.celery import app
 log = logging.getLogger(__name__)
 
 
+def embedded_hostname() -> str:
+    """The name the embedded mode's worker and converter go by (as `celery worker --hostname` would)."""
+    return f"embedded@{socket.gethostname()}"
+
+
 def start_embedded_worker() -> threading.Thread:
     """Start one worker (a pool of HEARTH_WORKER_SLOTS threads feeding the engine) in a daemon thread."""
     import inference.tasks  # noqa: F401  (registers the tasks before the worker starts consuming)
     from inference.tasks import start_worker_heartbeat
 
-    hostname = f"embedded@{socket.gethostname()}"
+    hostname = embedded_hostname()
     worker = app.WorkController(
         hostname=hostname,
         pool_cls="threads",
@@ -58,7 +63,7 @@ def _convert(conversion_id: int) -> None:
     from inference.conversions import conversion_run
 
     try:
-        conversion_run(conversion_id, f"embedded@{socket.gethostname()}")
+        conversion_run(conversion_id, embedded_hostname())
     except Exception:
         log.exception("conversion %s failed", conversion_id)
     finally:

@@ -18,6 +18,7 @@ from inference.engine.batch import SlotWork
 from inference.engine.llamacpp import (
     TokenBatch,
     default_threads,
+    free_context_and_weights,
     load_failure,
     load_weights,
     model_metadata,
@@ -139,11 +140,4 @@ class LlamaCppEmbeddingModel:
 
     def close(self) -> None:
         """Free the context and the weights; safe to call twice."""
-        import llama_cpp
-
-        context, self._context = getattr(self, "_context", None), None
-        if context:
-            llama_cpp.llama_free(context)
-        model, self._model = getattr(self, "_model", None), None
-        if model:
-            llama_cpp.llama_model_free(model)
+        free_context_and_weights(self)

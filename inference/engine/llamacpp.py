@@ -215,6 +215,19 @@ class TokenBatch:
         return sample_at
 
 
+def free_context_and_weights(owner: Any) -> None:
+    """Free `owner._context` and `owner._model` (llama.cpp handles) and forget them: safe to call twice, and on an
+    object whose constructor failed half-way."""
+    import llama_cpp
+
+    context, owner._context = getattr(owner, "_context", None), None
+    if context:
+        llama_cpp.llama_free(context)
+    model, owner._model = getattr(owner, "_model", None), None
+    if model:
+        llama_cpp.llama_model_free(model)
+
+
 def vocab_tokenize(vocab, text: str, *, add_bos: bool, special: bool) -> list[int]:
     """llama_tokenize with a buffer that grows to what the text needs."""
     import llama_cpp
@@ -390,12 +403,7 @@ class LlamaCppModel:
         import llama_cpp
 
         self._check(work)
-        # In slot order: a cache with a stream per sequence (kv_unified off) is cut into physical batches of
-        # increasing sequence ids only, so an unordered batch would be decoded in many small pieces. Samples come
-        # in the work's order.
-        in_slot_order = sorted(work, key=lambda item: item.slot)
-        sample_at = dict(zip((item.slot for item in in_slot_order if item.sample),
-                             self._batch.fill(in_slot_order), strict=True))
+        sample_at = self._batch.fill(work)
         status = llama_cpp.llama_decode(self._context, self._batch.struct)
         if status == 1:  # no room found: llama.cpp put the cache back as it was
             raise KVCacheFull(f"llama.cpp found no room for {self._batch.struct.n_tokens} tokens")
@@ -404,8 +412,7 @@ class LlamaCppModel:
         for item in work:
             self._cells.extend(item.slot, len(item.tokens))
         sampled = []
-        for item in (item for item in work if item.sample):
-            index = sample_at[item.slot]
+        for item, index in zip((item for item in work if item.sample), sample_at, strict=True):
             sampler: LlamaSampler = item.sampler
             logprobs = self._log_probabilities(index) if sampler.top_logprobs is not None else None
             token = sampler.sample(self._context, index, self.n_vocab)
@@ -521,16 +528,9 @@ class LlamaCppModel:
     def close(self) -> None:
         """Free the samplers still open, the context (and its KV cache) and the weights; safe to call twice (the
         batch is numpy memory)."""
-        import llama_cpp
-
         for sampler in list(getattr(self, "_samplers", ())):
             sampler.close()
-        context, self._context = getattr(self, "_context", None), None
-        if context:
-            llama_cpp.llama_free(context)
-        model, self._model = getattr(self, "_model", None), None
-        if model:
-            llama_cpp.llama_model_free(model)
+        free_context_and_weights(self)
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # at interpreter shutdown llama_cpp may be gone already

@@ -13,6 +13,8 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 import psycopg
@@ -20,7 +22,7 @@ import pytest
 
 from tests.conftest import DEMO_EOG
 from tests.integration.chat_client import ChatSocket, login
-from tests.integration.sse_client import id_key, stream, text_of
+from tests.integration.sse_client import events, id_key, stream, text_of
 from tests.servers import POSTGRES_URL, start_production
 
 pytestmark = pytest.mark.production
@@ -31,6 +33,20 @@ pytestmark = pytest.mark.production
 # of the prompt and the tokens sent, numerically a little different from decoding them one by one (llama.cpp's
 # batched kernels), can pick the other of two almost equal words, many tokens after the take-over.
 LONG = {"model": "demo", "prompt": "1, 2, 3, 4, 5,", "max_tokens": 160, "temperature": 0, "logit_bias": DEMO_EOG}
+
+
+def stream_long(server, at: int, fault: Callable[[str], Any]) -> tuple[list, str, Any]:
+    """Stream LONG over SSE and, when its `at`-th event arrives, run `fault(job_id)` (a kill, an outage). Returns
+    the events, the job id and what `fault` returned (None when the stream ended before)."""
+    received, faulted = [], None
+    with httpx.stream("POST", f"{server.base_url}/v1/completions", json={**LONG, "stream": True}, timeout=120,
+                      headers={"Authorization": f"Bearer {server.api_key}"}) as response:
+        job_id = response.headers["x-hearth-job"]
+        for event in events(response):
+            received.append(event)
+            if len(received) == at:
+                faulted = fault(job_id)
+    return received, job_id, faulted
 
 
 @pytest.fixture(scope="module")
@@ -111,18 +127,12 @@ def check_stream_shape(received) -> None:
 def test_a_worker_killed_mid_stream_hands_its_stream_to_the_other_worker_token_for_token(server):
     ensure_workers(server)
     uninterrupted = list(stream(server.base_url, "/v1/completions", LONG, server.api_key))
-    received, killed_at, job_id = [], None, None
-    with httpx.stream("POST", f"{server.base_url}/v1/completions", json={**LONG, "stream": True}, timeout=120,
-                      headers={"Authorization": f"Bearer {server.api_key}"}) as response:
-        job_id = response.headers["x-hearth-job"]
-        from tests.integration.sse_client import events
 
-        for event in events(response):
-            received.append(event)
-            if killed_at is None and len(received) == 30:
-                victim = job_of(server, job_id)["worker"]
-                kill(worker_process(server, victim))
-                killed_at = time.monotonic()
+    def kill_its_worker(job_id: str) -> float:
+        kill(worker_process(server, job_of(server, job_id)["worker"]))
+        return time.monotonic()
+
+    received, job_id, killed_at = stream_long(server, 30, kill_its_worker)
     assert killed_at is not None, "the stream ended before the kill"
     check_stream_shape(received)
     assert_same_reply(received, uninterrupted)
@@ -164,18 +174,15 @@ def test_a_chat_socket_keeps_its_reply_when_the_worker_dies(server):
 
 def test_with_no_worker_left_the_stream_ends_with_a_503_error_and_the_row_says_why(server):
     ensure_workers(server)
-    received, started = [], time.monotonic()
-    with httpx.stream("POST", f"{server.base_url}/v1/completions", json={**LONG, "stream": True}, timeout=120,
-                      headers={"Authorization": f"Bearer {server.api_key}"}) as response:
-        job_id = response.headers["x-hearth-job"]
-        from tests.integration.sse_client import events
 
-        for event in events(response):
-            received.append(event)
-            if len(received) == 10:
-                for process in [p for p in server.processes if p.poll() is None and "celery" in " ".join(p.args)]:
-                    kill(process)
-                started = time.monotonic()
+    def kill_every_worker(_job_id: str) -> float:
+        for process in [p for p in server.processes if p.poll() is None and "celery" in " ".join(p.args)]:
+            kill(process)
+        return time.monotonic()
+
+    began = time.monotonic()
+    received, job_id, started = stream_long(server, 10, kill_every_worker)
+    started = started or began
     ended_after = received[-1].at - started
     errors = [e.data["error"] for e in received if isinstance(e.data, dict) and "error" in e.data]
     assert errors and errors[0]["code"] == "worker_lost" and errors[0]["type"] == "service_unavailable_error"
@@ -267,22 +274,19 @@ def test_redis_down_for_ten_seconds_gives_503s_meanwhile_and_the_stream_goes_on(
     ensure_workers(server)
     headers = {"Authorization": f"Bearer {server.api_key}"}
     uninterrupted = list(stream(server.base_url, "/v1/completions", LONG, server.api_key))
-    received, outage_statuses = [], []
-    with httpx.stream("POST", f"{server.base_url}/v1/completions", json={**LONG, "stream": True}, timeout=120,
-                      headers=headers) as response:
-        from tests.integration.sse_client import events
+    outage_statuses = []
 
-        for event in events(response):
-            received.append(event)
-            if len(received) == 20:
-                server.redis.stop()
-                for _ in range(3):
-                    reply = httpx.post(f"{server.base_url}/v1/completions", json={**LONG, "max_tokens": 2},
-                                       headers=headers, timeout=30)
-                    outage_statuses.append((reply.status_code, reply.headers.get("Retry-After")))
-                    time.sleep(2)
-                time.sleep(max(0.0, 10 - 6))
-                server.redis.start()
+    def stop_redis_for_ten_seconds(_job_id: str) -> None:
+        server.redis.stop()
+        for _ in range(3):
+            reply = httpx.post(f"{server.base_url}/v1/completions", json={**LONG, "max_tokens": 2},
+                               headers=headers, timeout=30)
+            outage_statuses.append((reply.status_code, reply.headers.get("Retry-After")))
+            time.sleep(2)
+        time.sleep(max(0.0, 10 - 6))
+        server.redis.start()
+
+    received, _job_id, _ = stream_long(server, 20, stop_redis_for_ten_seconds)
     assert all(status == 503 and retry for status, retry in outage_statuses), outage_statuses
     assert received[-1].done
     if any(isinstance(e.data, dict) and "error" in e.data for e in received):
@@ -296,26 +300,22 @@ def test_postgres_down_for_ten_seconds_gives_503s_meanwhile_and_the_stream_goes_
     headers = {"Authorization": f"Bearer {server.api_key}"}
     uninterrupted = list(stream(server.base_url, "/v1/completions", LONG, server.api_key))
     browser = login(server)  # a signed-in page reads its session from the database
-    received, outage_statuses = [], []
-    with httpx.stream("POST", f"{server.base_url}/v1/completions", json={**LONG, "stream": True}, timeout=120,
-                      headers=headers) as response:
-        job_id = response.headers["x-hearth-job"]
-        from tests.integration.sse_client import events
+    outage_statuses = []
 
-        for event in events(response):
-            received.append(event)
-            if len(received) == 20:
-                server.postgres_door.close()
-                closed_at = time.monotonic()
-                for _ in range(3):
-                    reply = httpx.post(f"{server.base_url}/v1/completions", json={**LONG, "max_tokens": 2},
-                                       headers=headers, timeout=30)
-                    outage_statuses.append((reply.status_code, reply.headers.get("Retry-After")))
-                page = browser.get("/jobs/")
-                outage_statuses.append((page.status_code, page.headers.get("Retry-After")))
-                assert "Back in a moment" in page.text, page.text[:500]
-                time.sleep(max(0.0, 10 - (time.monotonic() - closed_at)))
-                server.postgres_door.open()
+    def cut_postgres_for_ten_seconds(_job_id: str) -> None:
+        server.postgres_door.close()
+        closed_at = time.monotonic()
+        for _ in range(3):
+            reply = httpx.post(f"{server.base_url}/v1/completions", json={**LONG, "max_tokens": 2},
+                               headers=headers, timeout=30)
+            outage_statuses.append((reply.status_code, reply.headers.get("Retry-After")))
+        page = browser.get("/jobs/")
+        outage_statuses.append((page.status_code, page.headers.get("Retry-After")))
+        assert "Back in a moment" in page.text, page.text[:500]
+        time.sleep(max(0.0, 10 - (time.monotonic() - closed_at)))
+        server.postgres_door.open()
+
+    received, job_id, _ = stream_long(server, 20, cut_postgres_for_ten_seconds)
     assert all(status == 503 and retry for status, retry in outage_statuses), outage_statuses
     assert received[-1].done
     if any(isinstance(e.data, dict) and "error" in e.data for e in received):
@@ -332,17 +332,13 @@ def test_postgres_down_for_ten_seconds_gives_503s_meanwhile_and_the_stream_goes_
 def test_a_worker_stopped_with_sigterm_hands_its_stream_over_and_exits_0(server):
     ensure_workers(server)
     uninterrupted = list(stream(server.base_url, "/v1/completions", LONG, server.api_key))
-    received, victim = [], None
-    with httpx.stream("POST", f"{server.base_url}/v1/completions", json={**LONG, "stream": True}, timeout=120,
-                      headers={"Authorization": f"Bearer {server.api_key}"}) as response:
-        job_id = response.headers["x-hearth-job"]
-        from tests.integration.sse_client import events
 
-        for event in events(response):
-            received.append(event)
-            if victim is None and len(received) == 30:
-                victim = worker_process(server, job_of(server, job_id)["worker"])
-                os.killpg(victim.pid, signal.SIGTERM)
+    def stop_its_worker(job_id: str):
+        victim = worker_process(server, job_of(server, job_id)["worker"])
+        os.killpg(victim.pid, signal.SIGTERM)
+        return victim
+
+    received, job_id, victim = stream_long(server, 30, stop_its_worker)
     assert victim is not None, "the stream ended before the worker was stopped"
     check_stream_shape(received)
     assert_same_reply(received, uninterrupted)
