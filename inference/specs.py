@@ -15,11 +15,14 @@ DEFAULT_KV_TOKENS_CAP = 32768  # KV cells of a loaded model when HEARTH_KV_TOKEN
 
 
 def effective_context(model: LocalModel) -> int:
-    return min(model.context_length or settings.HEARTH_MAX_CTX, settings.HEARTH_MAX_CTX)
+    """The most tokens one sequence holds (prompt and reply): the model's context, at most HEARTH_MAX_CTX and at
+    most its slot's share of the KV cells (kv_tokens ÷ HEARTH_WORKER_SLOTS, as llama-server's `-c` ÷ `-np`)."""
+    wanted = min(model.context_length or settings.HEARTH_MAX_CTX, settings.HEARTH_MAX_CTX)
+    return max(1, min(wanted, kv_tokens(wanted) // settings.HEARTH_WORKER_SLOTS))
 
 
 def kv_tokens(n_ctx: int) -> int:
-    """KV cache cells a loaded model's slots share: HEARTH_KV_TOKENS, else a full context per slot up to
+    """KV cache cells of a loaded model, for all its slots: HEARTH_KV_TOKENS, else a full context per slot up to
     DEFAULT_KV_TOKENS_CAP (never less than one full context)."""
     return settings.HEARTH_KV_TOKENS or max(n_ctx, min(n_ctx * settings.HEARTH_WORKER_SLOTS, DEFAULT_KV_TOKENS_CAP))
 
@@ -35,7 +38,7 @@ def model_spec(model: LocalModel) -> ModelSpec:
         n_threads=settings.HEARTH_N_THREADS,
         chat_template=model.chat_template or None,
         n_slots=settings.HEARTH_WORKER_SLOTS,
-        kv_tokens=kv_tokens(n_ctx),
+        kv_tokens=n_ctx * settings.HEARTH_WORKER_SLOTS,
     )
 
 

@@ -68,7 +68,7 @@ class ModelSpec:
     n_threads: int | None = None
     chat_template: str | None = None  # overrides the template found in the model files
     n_slots: int = 1  # sequences decoded together (a backend that cannot batch uses 1)
-    kv_tokens: int = 0  # KV cache cells all slots share; 0: n_ctx per slot
+    kv_tokens: int = 0  # KV cache cells of all slots (llama.cpp: cut into one context each); 0: n_ctx per slot
     options: dict[str, Any] = field(default_factory=dict)
 
 

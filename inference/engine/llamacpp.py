@@ -1,10 +1,22 @@
 """The llama.cpp backend: a GGUF model as a `BatchModel` (inference/engine/batch.py), on llama-cpp-python's
 low-level API.
 
-One llama.cpp context holds every slot: `n_seq_max` sequences (one per slot, plus a scratch one for partial saves)
-in one unified KV cache of `kv_capacity` cells that all slots share. `decode` puts every slot's new tokens in one
-`llama_batch` (seq id = slot), runs one `llama_decode`, and samples each asking slot with its own llama_sampler
-chain (llamacpp_sampling.py). The token loop, detokenizing and stop strings live above, in output.py.
+One llama.cpp context holds every slot: `n_seq_max` = slots sequences, each in a KV stream of its own of `n_ctx`
+cells (llama.cpp's `kv_unified = false`, as llama-server runs its slots). The KV memory is the pool
+(HEARTH_KV_TOKENS, inference/specs.py) cut into equal parts, so a sequence's context is min(the model's, pool /
+slots), as llama-server's `-c` / `-np`. Why not one unified cache that all slots share: llama.cpp's attention spans
+every used cell of a unified cache, every slot's, so each sequence pays for all the others' histories (measured in
+docs/benchmarks.md: two alternating 10-turn chats got slower with every turn; with streams they stay flat).
+
+`decode` puts every slot's new tokens in one `llama_batch` (seq id = slot), in slot order (llama.cpp splits a batch
+of several streams into physical batches of consecutive increasing sequence ids, so a batch out of order would
+become many), runs one `llama_decode`, and samples each asking slot with its own llama_sampler chain
+(llamacpp_sampling.py), answering in the work's order. The token loop, detokenizing and stop strings live above, in
+output.py.
+
+A prefix copied between slots is a whole-stream copy (`llama_memory_seq_cp` across streams copies the stream and
+applies it at the next `llama_decode`), cut back to the prefix; a copy still pending is not saved (llama.cpp would
+save the stream as it was). A partial save is a whole save, cut back on restore.
 
 Batch size: `n_batch` is the whole cache, so every batch the cache can take goes to llama.cpp in one `llama_decode`
 call, which finds room for all of it before computing anything: a batch that does not fit changes nothing. llama.cpp
@@ -25,7 +37,7 @@ import ctypes
 import os
 import sys
 import weakref
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -243,40 +255,23 @@ def vocab_tokenize(vocab, text: str, *, add_bos: bool, special: bool) -> list[in
 
 
 class KVCells:
-    """Which of the cache's cells each slot uses, counted the way llama.cpp's unified cache does: a copied prefix
-    shares its cells with the source (`llama_memory_seq_cp` adds a sequence to a cell), and a cell is free once no
-    slot holds it. Cells are numbered as they are taken; only their sharing matters."""
+    """How many positions (cells of its own stream) each slot holds."""
 
     def __init__(self, n_slots: int):
-        self.slots: list[list[int]] = [[] for _ in range(n_slots)]  # slot -> the cells of positions 0, 1, ...
-        self.holders: Counter[int] = Counter()  # cell -> how many slots hold it
-        self._next = 0
+        self.slots = [0] * n_slots
 
     @property
     def used(self) -> int:
-        return len(self.holders)
+        return sum(self.slots)
 
     def held(self, slot: int) -> int:
-        return len(self.slots[slot])
+        return self.slots[slot]
 
     def extend(self, slot: int, n: int) -> None:
-        new = range(self._next, self._next + n)
-        self._next += n
-        self.slots[slot].extend(new)
-        self.holders.update(new)
+        self.slots[slot] += n
 
     def trim(self, slot: int, keep: int) -> None:
-        cells = self.slots[slot]
-        for cell in cells[keep:]:
-            self.holders[cell] -= 1
-            if not self.holders[cell]:
-                del self.holders[cell]
-        del cells[keep:]
-
-    def share(self, source: int, target: int, n: int) -> None:
-        self.trim(target, 0)
-        self.slots[target] = self.slots[source][:n]
-        self.holders.update(self.slots[target])
+        self.slots[slot] = min(self.slots[slot], keep)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -284,7 +279,7 @@ class KVCells:
 
 
 class LlamaCppModel:
-    """A GGUF model in one llama.cpp context with `n_slots` sequences sharing one KV cache (see the module doc)."""
+    """A GGUF model in one llama.cpp context with `n_slots` sequences, a KV stream each (see the module doc)."""
 
     def __init__(self, spec: ModelSpec):
         import llama_cpp
@@ -296,42 +291,43 @@ class LlamaCppModel:
             self._vocab = llama_cpp.llama_model_get_vocab(self._model)
             self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
             trained = llama_cpp.llama_model_n_ctx_train(self._model)
-            self.n_ctx = min(spec.n_ctx, trained) if trained > 0 else spec.n_ctx
+            wanted = min(spec.n_ctx, trained) if trained > 0 else spec.n_ctx
             self.n_slots = max(1, spec.n_slots)
-            self._scratch = self.n_slots  # the sequence id kv_save uses to cut a copy
-            requested = spec.kv_tokens or self.n_ctx * self.n_slots
-            self.context_params = self._context_params(spec, requested)
+            pool = spec.kv_tokens or wanted * self.n_slots
+            per_slot = max(1, min(wanted, pool // self.n_slots))
+            self.context_params = self._context_params(spec, per_slot)
             self._context = llama_cpp.llama_init_from_model(self._model, self.context_params)
             if not self._context:
-                raise load_failure(spec, f" with a {requested}-token KV cache for {self.n_slots} sequences")
-            cells = llama_cpp.llama_n_ctx(self._context)  # llama.cpp rounds the request up to a multiple of 256
-            self.kv_capacity = min(requested, cells)
+                raise load_failure(spec, f" with a {per_slot}-token KV cache for each of {self.n_slots} sequences")
+            self.n_ctx = min(per_slot, llama_cpp.llama_n_ctx_seq(self._context))  # llama.cpp pads to 256s
+            self.kv_capacity = self.n_ctx * self.n_slots
             self._memory = llama_cpp.llama_get_memory(self._context)
             self._n_swa = max(1, llama_cpp.llama_model_n_swa(self._model))
             self._batch = TokenBatch(llama_cpp.llama_n_batch(self._context))
-            self._cells = KVCells(self.n_slots + 1)
+            self._cells = KVCells(self.n_slots)
+            self._pending_copies: set[int] = set()  # slots whose stream copy llama.cpp applies at the next decode
             self._pieces: dict[int, bytes] = {}
             self._samplers: weakref.WeakSet[LlamaSampler] = weakref.WeakSet()  # closed with the model
             self.eog_ids = frozenset(t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self._vocab, t))
             self.bos_text = self._token_text(llama_cpp.llama_vocab_bos(self._vocab))
             self.eos_text = self._token_text(llama_cpp.llama_vocab_eos(self._vocab))
-            self.memory_bytes = self._memory_estimate(cells)
+            self.memory_bytes = self._memory_estimate(llama_cpp.llama_n_ctx(self._context))
             architecture = spec.architecture or model_metadata(self._model, "general.architecture") or ""
             self.chat_template = spec.chat_template or conventional_template(architecture)[0]
         except BaseException:
             self.close()
             raise
 
-    def _context_params(self, spec: ModelSpec, kv_cells: int):
+    def _context_params(self, spec: ModelSpec, cells_per_slot: int):
         import llama_cpp
 
         params = llama_cpp.llama_context_default_params()
-        params.n_ctx = kv_cells
-        params.n_seq_max = self.n_slots + 1
-        params.kv_unified = True
-        params.n_batch = kv_cells  # the whole cache: one llama_decode per batch (see the module doc)
-        params.n_ubatch = min(kv_cells, PROMPT_CHUNK_TOKENS + self.n_slots)
-        params.n_outputs_max = self.n_slots + 1  # logits of at most one position per sequence
+        params.n_ctx = cells_per_slot * self.n_slots
+        params.n_seq_max = self.n_slots
+        params.kv_unified = False  # a stream per slot (see the module doc)
+        params.n_batch = params.n_ctx  # the whole cache: one llama_decode per batch (see the module doc)
+        params.n_ubatch = min(params.n_ctx, PROMPT_CHUNK_TOKENS + self.n_slots)
+        params.n_outputs_max = self.n_slots  # logits of at most one position per sequence
         params.n_threads = params.n_threads_batch = spec.n_threads or default_threads()
         params.swa_full = bool(spec.options.get("swa_full", False))
         params.no_perf = True
@@ -403,16 +399,20 @@ class LlamaCppModel:
         import llama_cpp
 
         self._check(work)
-        sample_at = self._batch.fill(work)
+        in_slot_order = sorted(work, key=lambda item: item.slot)
+        batch_index = dict(zip((id(item) for item in in_slot_order if item.sample), self._batch.fill(in_slot_order),
+                               strict=True))
         status = llama_cpp.llama_decode(self._context, self._batch.struct)
         if status == 1:  # no room found: llama.cpp put the cache back as it was
             raise KVCacheFull(f"llama.cpp found no room for {self._batch.struct.n_tokens} tokens")
         if status != 0:
             raise RuntimeError(f"llama_decode failed with status {status}")
+        self._pending_copies.clear()
         for item in work:
             self._cells.extend(item.slot, len(item.tokens))
         sampled = []
-        for item, index in zip((item for item in work if item.sample), sample_at, strict=True):
+        for item in (item for item in work if item.sample):
+            index = batch_index[id(item)]
             sampler: LlamaSampler = item.sampler
             logprobs = self._log_probabilities(index) if sampler.top_logprobs is not None else None
             token = sampler.sample(self._context, index, self.n_vocab)
@@ -431,6 +431,9 @@ class LlamaCppModel:
             if item.start != self._cells.held(item.slot):
                 raise ValueError(f"slot {item.slot} holds {self._cells.held(item.slot)} positions; the item starts at "
                                  f"{item.start}")
+            if item.start + len(item.tokens) > self.n_ctx:
+                raise KVCacheFull(f"slot {item.slot}: {item.start + len(item.tokens)} positions do not fit its "
+                                  f"{self.n_ctx} cells")
             slots.add(item.slot)
         needed = sum(len(item.tokens) for item in work)
         if self._cells.used + needed > self.kv_capacity:
@@ -473,55 +476,45 @@ class LlamaCppModel:
         return keep
 
     def kv_copy(self, source: int, target: int, n_tokens: int) -> int:
+        """The source's first positions into the target: its whole stream copied, then cut (see the module doc);
+        none (0) from a slot whose own copy is still pending."""
         import llama_cpp
 
         self._empty(target)
         n = min(n_tokens, self._cells.held(source))
-        if n == 0:
+        if n == 0 or source in self._pending_copies:
             return 0
-        llama_cpp.llama_memory_seq_cp(self._memory, source, target, 0, n)
-        if not self._usable(target, n):
-            return self._empty(target)
-        self._cells.share(source, target, n)
-        return n
+        llama_cpp.llama_memory_seq_cp(self._memory, source, target, -1, -1)
+        self._pending_copies.add(target)
+        self._cells.extend(target, self._cells.held(source))
+        return self.kv_trim(target, n)
 
     def kv_save(self, slot: int, n_tokens: int) -> SavedKV:
-        """The slot's first positions in host memory; a shorter cut is taken from a copy (the scratch sequence),
-        and is empty (n_tokens 0) where a sliding window makes it unusable."""
-        n = min(n_tokens, self._cells.held(slot))
-        if n < self._cells.held(slot):
-            if self.kv_copy(slot, self._scratch, n) != n:
-                return SavedKV(data=None, nbytes=0, n_tokens=0)
-            try:
-                return self._save_sequence(self._scratch, n)
-            finally:
-                self._empty(self._scratch)
-        return self._save_sequence(slot, n)
-
-    def _save_sequence(self, seq: int, n: int) -> SavedKV:
+        """The slot's first positions in host memory: the whole sequence saved, to be cut back on restore; empty
+        (n_tokens 0) while a copy into the slot is pending."""
         import llama_cpp
 
-        if n == 0:
+        n = min(n_tokens, self._cells.held(slot))
+        if n == 0 or slot in self._pending_copies:
             return SavedKV(data=None, nbytes=0, n_tokens=0)
-        size = llama_cpp.llama_state_seq_get_size(self._context, seq)
+        size = llama_cpp.llama_state_seq_get_size(self._context, slot)
         data = (ctypes.c_uint8 * size)()
-        written = llama_cpp.llama_state_seq_get_data(self._context, data, size, seq)
+        written = llama_cpp.llama_state_seq_get_data(self._context, data, size, slot)
         if written != size:
-            raise RuntimeError(f"llama.cpp saved {written} of {size} bytes of sequence {seq}")
+            raise RuntimeError(f"llama.cpp saved {written} of {size} bytes of sequence {slot}")
         return SavedKV(data=data, nbytes=size, n_tokens=n)
 
     def kv_restore(self, slot: int, saved: SavedKV) -> int:
         import llama_cpp
 
         self._empty(slot)
-        if saved.n_tokens == 0 or self._cells.used + saved.n_tokens > self.kv_capacity:
+        if saved.n_tokens == 0 or saved.n_tokens > self.n_ctx:
             return 0
         if not llama_cpp.llama_state_seq_set_data(self._context, saved.data, saved.nbytes, slot):
             return self._empty(slot)  # no room for it
-        if not self._usable(slot, saved.n_tokens):
-            return self._empty(slot)
-        self._cells.extend(slot, saved.n_tokens)
-        return saved.n_tokens
+        held = llama_cpp.llama_memory_seq_pos_max(self._memory, slot) + 1
+        self._cells.extend(slot, held)
+        return self.kv_trim(slot, saved.n_tokens) if held >= saved.n_tokens else self._empty(slot)
 
     # -- the end ------------------------------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ from typing import Any
 from inference.engine.batch import BatchModel, KVCacheFull, SavedKV, SlotWork
 
 DEFAULT_CHUNK_TOKENS = 512
-MIN_SAVED_TOKENS = 32  # a slot's cache shorter than this is not worth copying to host memory
+MIN_SAVED_TOKENS = 32  # a cached prefix shorter than this is not worth a copy (to host memory, or another slot)
 
 
 def _held(result: int | None, asked: int) -> int:
@@ -313,7 +313,7 @@ class Scheduler:
 
         target = max(free, key=choice)
         reuse = reuse_of(target) if choice(target)[0] else 0
-        copy_source, copy_length = self._best_running_prefix(sequence.tokens)
+        copy_source, copy_length = self._best_running_prefix(sequence)
         stored_key, stored_length = self.prefix_store.best(sequence.tokens)
         copy_length, stored_length = min(copy_length, usable), min(stored_length, usable)
         if max(copy_length, stored_length) > reuse:
@@ -339,13 +339,16 @@ class Scheduler:
         sequence.admitted_at = sequence.admitted_at or time.monotonic()
         self._running[sequence.id] = sequence
 
-    def _best_running_prefix(self, tokens: list[int]) -> tuple[int | None, int]:
+    def _best_running_prefix(self, sequence: Sequence) -> tuple[int | None, int]:
+        """The running slot with the longest prefix of the sequence worth a copy: another choice of the same
+        request, or a long run (a backend may copy a whole KV stream for it: llama.cpp)."""
         best, length = None, 0
         for index, slot in enumerate(self._slots):
             if slot.sequence is None:
                 continue
-            shared = common_prefix(slot.tokens, tokens)
-            if shared > length:
+            shared = common_prefix(slot.tokens, sequence.tokens)
+            sibling = bool(sequence.group) and slot.sequence.group == sequence.group
+            if shared > length and (sibling or shared >= MIN_SAVED_TOKENS):
                 best, length = index, shared
         return best, length
 

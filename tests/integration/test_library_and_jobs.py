@@ -15,7 +15,7 @@ from inference.engine.base import GenerationRequest, ModelRefused
 from inference.models import GenerationJob, JobStatus
 from inference.presence import get_presence
 from inference.services import model_import
-from inference.specs import model_spec
+from inference.specs import effective_context, model_spec
 from tests import factories
 from tests.servers import ROOT
 
@@ -80,6 +80,15 @@ def test_it_caps_the_context_at_hearth_max_ctx_and_passes_gpu_layers(tiny):
     with override_settings(HEARTH_MAX_CTX=256, HEARTH_N_GPU_LAYERS=12):
         spec = model_spec(tiny)
     assert (spec.n_ctx, spec.n_gpu_layers) == (256, 12)
+
+
+def test_each_slot_gets_an_equal_share_of_the_kv_cells_as_its_context(tiny):
+    with override_settings(HEARTH_MAX_CTX=256, HEARTH_WORKER_SLOTS=4, HEARTH_KV_TOKENS=512):
+        spec = model_spec(tiny)
+        assert effective_context(tiny) == 128
+    assert (spec.n_ctx, spec.n_slots, spec.kv_tokens) == (128, 4, 512)
+    with override_settings(HEARTH_MAX_CTX=256, HEARTH_WORKER_SLOTS=4, HEARTH_KV_TOKENS=0):
+        assert model_spec(tiny).n_ctx == 256  # by default a whole context per slot, up to 32,768 cells in all
 
 
 def test_it_stores_api_keys_hashed_and_finds_them_by_prefix(owner):

@@ -70,19 +70,19 @@ def test_it_passes_the_number_of_gpu_layers_to_llama_cpp(gguf_path, layers, llam
         loaded.close()
 
 
-def test_it_makes_one_context_whose_unified_cache_all_slots_share(model):
+def test_it_makes_one_context_with_a_kv_stream_of_its_own_for_each_slot(model):
     params = model.context_params
     assert (model.n_slots, model.n_ctx, model.kv_capacity) == (4, 256, 4 * 256)
-    assert params.kv_unified and params.n_seq_max == model.n_slots + 1  # and a scratch sequence for saves
+    assert not params.kv_unified and params.n_seq_max == model.n_slots and params.n_ctx == 4 * 256
     assert params.n_batch >= model.kv_capacity  # any batch that fits the cache is one llama_decode
     assert params.n_ubatch == 512 + model.n_slots  # a prompt chunk and one token per slot
     assert params.n_threads == params.n_threads_batch == 1
 
 
-def test_kv_tokens_sets_the_cells_the_slots_share(gguf_path):
-    loaded = load(gguf_path, kv_tokens=300)
+def test_kv_tokens_is_cut_into_equal_contexts_one_per_slot(gguf_path):
+    loaded = load(gguf_path, kv_tokens=300)  # 4 slots
     try:
-        assert loaded.kv_capacity == 300 and loaded.n_ctx == 256
+        assert loaded.kv_capacity == 300 and loaded.n_ctx == 75
     finally:
         loaded.close()
 
@@ -216,11 +216,12 @@ def test_it_refuses_an_item_that_does_not_continue_its_slot(model):
     sampler.close()
 
 
-def test_a_full_cache_is_refused_before_the_batch_and_leaves_every_slot_as_it_was(gguf_path):
-    small = load(gguf_path, n_slots=2, n_ctx=64, kv_tokens=64)
+def test_a_full_context_is_refused_before_the_batch_and_leaves_every_slot_as_it_was(gguf_path):
+    small = load(gguf_path, n_slots=2, n_ctx=64)
     try:
         a = small.tokenize("the and you that was " * 8)[:40]
-        b = small.tokenize("for are with his they " * 8)[:30]
+        b = small.tokenize("for are with his they " * 16)[:70]
+        assert len(b) == 70
         expected = greedy_tokens(small, a, 3)
         small.kv_trim(0, 0)
         sampler = small.sampler(GenerationRequest(prompt="", sampling=NEVER_END), a, len(a))
@@ -236,18 +237,21 @@ def test_a_full_cache_is_refused_before_the_batch_and_leaves_every_slot_as_it_wa
         small.close()
 
 
-def test_a_copied_prefix_shares_its_cells_with_the_source(gguf_path):
-    small = load(gguf_path, n_slots=3, n_ctx=64, kv_tokens=64)
+def test_a_copied_prefix_continues_as_the_source_would_in_a_context_of_its_own(gguf_path):
+    small = load(gguf_path, n_slots=3, n_ctx=64)
     try:
         prompt = small.tokenize("the and you that was " * 8)[:40]
+        expected = greedy_tokens(small, prompt[:30], 3, slot=2)
         sampler = small.sampler(GenerationRequest(prompt="", sampling=NEVER_END), prompt, len(prompt))
         small.kv_trim(0, 0)
         small.decode([SlotWork(0, prompt, 0, False, sampler)])
-        assert small.kv_copy(0, 1, 40) == 40 and small.kv_copy(0, 2, 30) == 30
-        small.decode([SlotWork(1, prompt[:10], 40, False, sampler)])  # 40 + 10 cells: it fits
-        with pytest.raises(KVCacheFull):
-            small.decode([SlotWork(2, prompt[:15], 30, False, sampler)])
+        assert small.kv_copy(0, 1, 40) == 40 and small.kv_copy(0, 2, 29) == 29
+        small.decode([SlotWork(1, prompt[:20], 40, False, sampler)])  # 60 of slot 1's own 64 cells
+        out = [small.decode([SlotWork(2, prompt[29:30], 29, True, sampler)])[0].token]
+        while len(out) < 3:
+            out.append(small.decode([SlotWork(2, [out[-1]], 29 + len(out), True, sampler)])[0].token)
         sampler.close()
+        assert out == expected
     finally:
         small.close()
 
@@ -260,18 +264,33 @@ def test_trimming_never_keeps_more_than_the_slot_holds(model):
     assert model.kv_trim(0, 0) == 0
 
 
-def test_a_saved_slot_restores_only_where_the_cache_has_room(gguf_path):
-    small = load(gguf_path, n_slots=2, n_ctx=64, kv_tokens=64)
+def test_a_saved_slot_restores_cut_to_what_was_saved_and_continues_as_a_fresh_one(gguf_path):
+    small = load(gguf_path, n_slots=2, n_ctx=64)
     try:
         prompt = small.tokenize("the and you that was " * 8)[:40]
+        expected = greedy_tokens(small, prompt[:30], 3, slot=1)
         greedy_tokens(small, prompt, 2, slot=0)
         saved = small.kv_save(0, 30)
         assert saved.n_tokens == 30
-        assert small.kv_restore(1, saved) == 0  # 41 + 30 cells do not fit in 64
         small.kv_trim(0, 0)
-        assert small.kv_restore(1, saved) == 30
+        assert small.kv_restore(1, saved) == 30 and small.kv_trim(1, 100) == 30
+        assert small.kv_trim(1, 29) == 29  # the last prompt token is read again, for its logits
+        sampler = small.sampler(GenerationRequest(prompt="", sampling=NEVER_END), prompt[:30], 30)
+        out = [small.decode([SlotWork(1, prompt[29:30], 29, True, sampler)])[0].token]
+        while len(out) < 3:
+            out.append(small.decode([SlotWork(1, [out[-1]], 29 + len(out), True, sampler)])[0].token)
+        sampler.close()
+        assert out == expected
     finally:
         small.close()
+
+
+def test_a_slot_whose_copy_llama_cpp_has_not_applied_yet_is_not_saved(model):
+    prompt = model.tokenize("the and you that was " * 8)[:40]
+    greedy_tokens(model, prompt, 1)
+    assert model.kv_copy(0, 1, 40) == 40
+    assert model.kv_save(1, 40).n_tokens == 0  # the copy is applied at the next decode
+    assert model.kv_save(0, 40).n_tokens == 40
 
 
 # -- sliding-window attention (Gemma 3) ---------------------------------------------------------------------

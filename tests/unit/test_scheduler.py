@@ -171,6 +171,8 @@ def test_users_are_admitted_in_turn(model):
 
 
 def test_a_full_kv_cache_sends_the_newest_sequence_back_and_every_output_stays_the_same(backend, files):
+    if backend == "llamacpp":
+        pytest.skip("llama.cpp's slots each have a context of their own: together they cannot outgrow a shared pool")
     small = load(backend, files[backend], n_ctx=64, n_slots=2, kv_tokens=96)
     try:
         texts = ["one two three four five", "seven eight nine ten eleven"]
