@@ -22,7 +22,7 @@ NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 LLAMA_CMAKE_ARGS := -DCMAKE_C_FLAGS="$(NO_AMX)" -DCMAKE_CXX_FLAGS="$(NO_AMX)"
 endif
 
-.PHONY: install run test lint bench worker converter clean-venv
+.PHONY: install run test lint bench worker converter puller clean-venv
 
 install: $(INSTALLED)
 
@@ -48,6 +48,9 @@ worker: install
 
 converter: install
 	$(VENV)/bin/celery -A config worker -Q conversions --concurrency 1 --hostname converter@%h --loglevel INFO
+
+puller: install
+	$(VENV)/bin/celery -A config worker -Q pulls --concurrency 1 --hostname puller@%h --loglevel INFO
 
 test: install
 	$(VENV)/bin/ruff check .

@@ -13,8 +13,8 @@ from ninja.errors import ValidationError as NinjaValidationError
 from api.auth import Refused, body_too_large
 from api.errors import error_response
 from api.parser import StrictJsonParser
-from api.routers import admin, health, openai
-from api.schemas.openai import validation_error_to_openai
+from api.routers import admin, anthropic, health, ollama, openai, responses
+from api.schemas.openai_output import validation_error_to_openai
 from config.text import InvalidJson, InvalidText
 
 api = NinjaAPI(
@@ -87,5 +87,8 @@ def on_unexpected_error(request: HttpRequest, exc: Exception):
 
 
 api.add_router("/v1/admin", admin.router)
+api.add_router("/v1", responses.router)  # before OpenAI's: /v1/responses/... is its own
 api.add_router("/v1", openai.router)
+api.add_router("/v1", anthropic.router)
+api.add_router("/api", ollama.router)  # Ollama's paths; the docs stay at /api/docs and /api/openapi.json
 api.add_router("", health.router)

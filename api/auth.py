@@ -60,6 +60,18 @@ class ApiKeyAuth(HttpBearer):
         return key
 
 
+class AnthropicApiKeyAuth(ApiKeyAuth):
+    """Anthropic's clients send the key as `x-api-key: <key>`; `Authorization: Bearer <key>` works as well (litellm,
+    proxies). The same keys, body-size check and rate limit; an `x-api-key` header, when sent, is the one read."""
+
+    def __call__(self, request):
+        key = request.headers.get("x-api-key")
+        if not key:
+            return super().__call__(request)
+        check_body_size(request)
+        return self.authenticate(request, key.strip())
+
+
 class StaffApiKeyAuth(ApiKeyAuth):
     """A key whose owner is staff; any other valid key gets 403."""
 

@@ -78,3 +78,21 @@ class ApiKey(models.Model):
     def display(self) -> str:
         """How the key is shown once issued: its public prefix only."""
         return f"{KEY_PREFIX}_{self.prefix}_…"
+
+
+class StoredResponse(models.Model):
+    """A Responses API response kept for its owner (`store`, true by default as at OpenAI): GET and DELETE
+    /v1/responses/{id}, and `previous_response_id`, which continues its conversation. Kept until deleted."""
+
+    id = models.CharField(primary_key=True, max_length=64)  # "resp_<hex>"
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="stored_responses")
+    created_at = models.DateTimeField(auto_now_add=True)
+    response = models.JSONField(help_text="The response object as it was answered.")
+    input_items = models.JSONField(
+        default=list, help_text="The conversation its model read: earlier turns' items, then this request's input.")
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.owner})"

@@ -44,6 +44,7 @@ class JobOutcome:
 
     text: str = ""
     finish_reason: str | None = None
+    stop_sequence: str | None = None  # the stop string that ended the text, when one did
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
@@ -64,6 +65,7 @@ class JobOutcome:
             self.logprobs.extend(event.get("logprobs") or ())
         elif kind in ("done", "choice_end"):
             self.finish_reason = event.get("finish_reason") or "stop"
+            self.stop_sequence = event.get("stop_sequence")
             self.prompt_tokens = event.get("prompt_tokens", self.prompt_tokens)
             self.completion_tokens = event.get("completion_tokens", self.completion_tokens)
             self.cached_tokens = event.get("cached_tokens", self.cached_tokens)
@@ -258,36 +260,82 @@ def parse_event_id(value: str | None) -> tuple[int, int]:
 Renderer = Callable[[int, dict[str, Any], Answer], list[dict[str, Any]]]
 
 
-def sse_response(events: JobEvents | ChoiceEvents, render: Renderer, *, headers: dict[str, str] | None = None,
-                 resume_after: tuple[int, int] = (0, -1), hang_up: bool = True) -> StreamingHttpResponse:
-    """Stream `render(index, event, answer)`'s chunks as SSE (ids "N", "N.1", ...), writing only those after
-    `resume_after`. A client that goes away leaves its job a short grace to come back (`hang_up`).
+def _openai_error(event: dict[str, Any]) -> dict[str, Any]:
+    return error_payload(event.get("message", "Generation failed."), status=event.get("status", 500),
+                         code=event.get("code"))
 
-    `answer` holds every event up to this one. An error event ends the stream (then [DONE]) and cancels the
-    other prompts' jobs."""
+
+@dataclass(frozen=True)
+class Framing:
+    """How a dialect writes a stream: its content type, how a payload is framed (`frame(event_id, payload)`),
+    what ends the stream, a keep-alive, and the payload of an error event."""
+
+    content_type: str
+    frame: Callable[[str, dict[str, Any]], str]
+    end: str = ""
+    keep_alive: str = ""
+    error: Callable[[dict[str, Any]], dict[str, Any]] = _openai_error
+    reconnect: bool = True  # an SSE stream tells the client how soon to reconnect
+
+
+def _data_line(event_id: str, payload: dict[str, Any]) -> str:
+    return f"id: {event_id}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n"
+
+
+def _typed_event(event_id: str, payload: dict[str, Any]) -> str:
+    return f"event: {payload.get('type', 'message')}\n" + _data_line(event_id, payload)
+
+
+OPENAI_SSE = Framing("text/event-stream", _data_line, end="data: [DONE]\n\n", keep_alive=": keep-alive\n\n")
+
+
+def typed_sse(error: Callable[[dict[str, Any]], dict[str, Any]]) -> Framing:
+    """SSE whose events are named by their payload's "type" (the Responses API, Anthropic Messages)."""
+    return Framing("text/event-stream", _typed_event, keep_alive=": keep-alive\n\n", error=error)
+
+
+def ndjson(error: Callable[[dict[str, Any]], dict[str, Any]]) -> Framing:
+    """One JSON object per line (Ollama): no ids, no keep-alive (a blank line is not JSON)."""
+    return Framing("application/x-ndjson", lambda _id, payload: json.dumps(payload, separators=(",", ":")) + "\n",
+                   error=error, reconnect=False)
+
+
+def sse_response(events: JobEvents | ChoiceEvents, render: Renderer, *, headers: dict[str, str] | None = None,
+                 resume_after: tuple[int, int] = (0, -1), hang_up: bool = True, framing: Framing = OPENAI_SSE
+                 ) -> StreamingHttpResponse:
+    """Stream `render(index, event, answer)`'s chunks (SSE ids "N", "N.1", ...), writing only those after
+    `resume_after`, framed as the dialect writes them (`framing`, OpenAI's by default). A client that goes away
+    leaves its job a short grace to come back (`hang_up`).
+
+    `answer` holds every event up to this one. An error event ends the stream (then the framing's end) and
+    cancels the other prompts' jobs."""
+
+    def framed(index: int, part: int, payload: dict[str, Any]) -> str:
+        if (index, part) <= resume_after:
+            return ""
+        return framing.frame(f"{index}.{part}" if part else str(index), payload)
 
     async def body() -> AsyncIterator[str]:
         answer = Answer()
         finished = failed = False
         # The first event carries `retry:` (an EventSource that loses the connection is back well within the
         # grace); a block of its own would reach OpenAI's client as an event with empty data.
-        retry = f"retry: {RECONNECT_MS}\n"
+        retry = f"retry: {RECONNECT_MS}\n" if framing.reconnect else ""
         try:
             async for batch in events.batches():  # one write per list of events, not one per token
                 if not batch:
-                    yield ": keep-alive\n\n"
+                    if framing.keep_alive:
+                        yield framing.keep_alive
                     continue
                 lines = []
                 for index, event in batch:
                     answer.apply(event)
                     if event["kind"] == "error":
-                        payload = error_payload(event.get("message", "Generation failed."),
-                                                status=event.get("status", 500), code=event.get("code"))
-                        lines.append(_sse(index, 0, payload, resume_after))
+                        lines.append(framed(index, 0, framing.error(event)))
                         failed = True
                         break
                     for part, chunk in enumerate(render(index, event, answer)):
-                        lines.append(_sse(index, part, chunk, resume_after))
+                        lines.append(framed(index, part, chunk))
                 text = "".join(lines)
                 if text:
                     yield retry + text
@@ -295,26 +343,20 @@ def sse_response(events: JobEvents | ChoiceEvents, render: Renderer, *, headers:
                 if failed:
                     break
             finished = True
-            yield "data: [DONE]\n\n"
+            if framing.end:
+                yield framing.end
         finally:
             if failed and isinstance(events, ChoiceEvents):
                 await asyncio.shield(events.cancel())  # one prompt's job failed: the others stop
             elif not finished and hang_up:
                 await asyncio.shield(events.hang_up())
 
-    response = StreamingHttpResponse(body(), content_type="text/event-stream")
+    response = StreamingHttpResponse(body(), content_type=framing.content_type)
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     for name, value in (headers or {}).items():
         response[name] = value
     return response
-
-
-def _sse(index: int, part: int, payload: dict[str, Any], resume_after: tuple[int, int]) -> str:
-    if (index, part) <= resume_after:
-        return ""
-    event_id = f"{index}.{part}" if part else str(index)
-    return f"id: {event_id}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n"
 
 
 def now() -> int:

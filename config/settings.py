@@ -81,6 +81,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "api.dialects.DialectErrorsMiddleware",
     "config.security.ContentSecurityPolicyMiddleware",
     "config.security.RefuseKeysInUrlMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

@@ -1,5 +1,6 @@
 """The embedded mode's workers, in the web process: a Celery worker thread on kombu's in-memory transport for the
-generation jobs, and one converter thread for the model conversions (never one of the generation slots)."""
+generation jobs, one converter thread for the model conversions and one puller thread for the pulls from the Hugging
+Face Hub (never one of the generation slots; a long conversion does not hold up a download, nor the reverse)."""
 
 from __future__ import annotations
 
@@ -42,8 +43,9 @@ def start_embedded_worker() -> threading.Thread:
     start_worker_heartbeat(hostname)
     try:
         resume_conversions()
+        resume_pulls()
     except Exception:
-        log.warning("could not look for unfinished conversions", exc_info=True)
+        log.warning("could not look for unfinished conversions or pulls", exc_info=True)
     return thread
 
 
@@ -79,4 +81,39 @@ def resume_conversions() -> int:
     ModelConversion.objects.filter(pk__in=unfinished).update(status=JobStatus.QUEUED, progress=0.0, worker="")
     for pk in unfinished:
         convert_in_background(pk)
+    return len(unfinished)
+
+
+@cache
+def _puller() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="hearth-puller")
+
+
+def pull_in_background(pull_id: int) -> None:
+    """Run a queued pull on this process's puller thread, one after the other."""
+    _puller().submit(_pull, pull_id)
+
+
+def _pull(pull_id: int) -> None:
+    from django.db import close_old_connections
+
+    from inference.pulls import pull_run
+
+    try:
+        pull_run(pull_id, embedded_hostname())
+    except Exception:
+        log.exception("pull %s failed", pull_id)
+    finally:
+        close_old_connections()
+
+
+def resume_pulls() -> int:
+    """At start: the pulls this server had queued or running when it stopped go on, from the bytes on disk."""
+    from inference.models import JobStatus, ModelPull
+
+    unfinished = list(ModelPull.objects.filter(status__in=[JobStatus.QUEUED, JobStatus.RUNNING])
+                      .values_list("pk", flat=True))
+    ModelPull.objects.filter(pk__in=unfinished).update(status=JobStatus.QUEUED, worker="")
+    for pk in unfinished:
+        pull_in_background(pk)
     return len(unfinished)

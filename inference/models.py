@@ -40,6 +40,9 @@ class LocalModel(models.Model):
         help_text="Empty: the format's native backend.",
     )
     metadata = models.JSONField(default=dict, blank=True)
+    # Where a pulled model came from: {"source": "huggingface", "repo", "revision" (as asked), "commit", "files":
+    # [{"name", "size", "sha256"}], "quant", "pulled_at"}, and the last update check ("latest_commit", "checked_at").
+    provenance = models.JSONField(default=dict, blank=True)
     # The chat page's reply length when the conversation sets none (a user may raise it up to the context).
     default_max_tokens = models.PositiveIntegerField(
         default=1024, help_text="Longest reply of the chat page unless the conversation asks for more.")
@@ -140,3 +143,64 @@ class ModelConversion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.source} → {self.target} ({self.status})"
+
+
+class ModelPull(models.Model):
+    """A model fetched from the Hugging Face Hub in the background (inference/pulls.py); the result joins the
+    library through the same import as `import_model`. Progress lives on the row: bytes done of total, speed."""
+
+    class Phase(models.TextChoices):
+        RESOLVING = "resolving"  # asking the hub what the repo holds
+        DOWNLOADING = "downloading"
+        VERIFYING = "verifying"  # a file's checksum
+        IMPORTING = "importing"  # the library's format validation
+
+    repo = models.CharField(max_length=200)
+    revision = models.CharField(max_length=200, default="main")  # as asked: a branch, tag or commit
+    file = models.CharField(max_length=500, blank=True)  # a GGUF file asked for by name
+    quant = models.CharField(max_length=32, blank=True)  # or a quantization ("Q4_K_M")
+    result_name = models.CharField(max_length=128, blank=True)  # the library id (chosen once the files are known)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                              related_name="+")
+    commit = models.CharField(max_length=64, blank=True)
+    format = models.CharField(max_length=32, blank=True)
+    files = models.JSONField(default=list, blank=True)  # [{"name", "size", "sha256", "blob_id"}], the plan
+    status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.QUEUED, db_index=True)
+    phase = models.CharField(max_length=16, choices=Phase.choices, blank=True)
+    current_file = models.CharField(max_length=500, blank=True)
+    bytes_total = models.BigIntegerField(default=0)
+    bytes_done = models.BigIntegerField(default=0)
+    bytes_per_second = models.FloatField(default=0.0)
+    error_code = models.CharField(max_length=32, blank=True)
+    error_text = models.TextField(blank=True)
+    result = models.ForeignKey(LocalModel, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    worker = models.CharField(max_length=200, blank=True)  # the puller (or embedded server) running it
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.repo} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in FINISHED_STATUSES
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.bytes_done / self.bytes_total) if self.bytes_total else 0.0
+
+    @property
+    def seconds_left(self) -> float | None:
+        if self.bytes_per_second <= 0 or not self.bytes_total:
+            return None
+        return max(0.0, (self.bytes_total - self.bytes_done) / self.bytes_per_second)
+
+    @property
+    def label(self) -> str:
+        """What was asked: "owner/name" with its file or quantization and revision."""
+        choice = self.file or self.quant
+        return self.repo + (f":{choice}" if choice else "") + (f"@{self.revision}" if self.revision != "main" else "")

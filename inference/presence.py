@@ -22,6 +22,7 @@ from django.conf import settings
 log = logging.getLogger(__name__)
 WORKER = "worker"  # a generation worker: holds models and jobs
 CONVERTER = "converter"  # a conversion worker (the "conversions" queue): converts models, serves no job
+PULLER = "puller"  # a pull worker (the "pulls" queue): fetches models from the Hugging Face Hub, serves no job
 CHANGE_POLL_SECONDS = 0.5  # how soon a newly loaded (or evicted) model shows
 
 Loaded = list[tuple[str, str]]  # (backend, model path) pairs

@@ -138,7 +138,9 @@ def run_next_job(worker: str) -> None:
         HELD.add(str(job.id))
         metrics.observe_claim((job.started_at - job.created_at).total_seconds(), job.model_name)
         try:
-            if job.kind == GenerationJob.Kind.EMBEDDING:
+            if job.request.get("residency"):
+                run_residency_job(job, worker)
+            elif job.kind == GenerationJob.Kind.EMBEDDING:
                 run_embedding_job(job, worker)
             else:
                 run_generation_job(job, worker)
@@ -210,6 +212,9 @@ def run_generation_job(job: GenerationJob, worker: str) -> None:
         selection = _select(job)
         backend, model = selection.backend, selection.loaded
         request = request_from_json(job.request)
+        if request.max_tokens == 0:  # only the prompt's length is asked for (Anthropic's count_tokens)
+            _count_prompt(job, worker, publisher, selection, model, request)
+            return
         prompt = prepare_prompt(model, request)
         started = {"dropped_messages": prompt.dropped_messages, "backend": backend, "fallbacks": selection.fallbacks}
         choices = _choices(job, model, request, prompt, _sent_per_choice(existing), started)
@@ -258,6 +263,18 @@ def run_generation_job(job: GenerationJob, worker: str) -> None:
     fields.update(backend=backend, fallbacks=selection.fallbacks, output_text=choices[0].processor.text)
     if _finish_row(job, worker, **fields):
         _publish_with_retry(publisher.publish, terminal)
+
+
+def _count_prompt(job: GenerationJob, worker: str, publisher, selection, model, request) -> None:
+    """A job of max_tokens 0: the prompt as the chat template renders it, tokenized, is the whole answer (one
+    "done" event with its prompt_tokens, ended by its budget: "length"); nothing is decoded. The row records no
+    token usage: the model read nothing."""
+    count = len(model.tokenize(model.render_prompt(request)))
+    if _finish_row(job, worker, status=JobStatus.SUCCEEDED, finish_reason="length", backend=selection.backend,
+                   fallbacks=selection.fallbacks):
+        _publish_with_retry(publisher.publish, {"kind": "done", "finish_reason": "length", "prompt_tokens": count,
+                                                "completion_tokens": 0, "backend": selection.backend,
+                                                "fallbacks": selection.fallbacks})
 
 
 @dataclass
@@ -349,6 +366,34 @@ def run_embedding_job(job: GenerationJob, worker: str) -> None:
         fields.update(status=JobStatus.SUCCEEDED, finish_reason="stop", prompt_tokens=result.prompt_tokens)
         terminal = {"kind": "done", "finish_reason": "stop", "prompt_tokens": result.prompt_tokens,
                     "completion_tokens": 0, "embeddings": result.vectors, "dimensions": loaded.dimensions}
+    except StreamLost:
+        return
+    except Exception as error:
+        failure_fields, terminal = _failure(error, fields.get("backend"))
+        fields.update(failure_fields)
+    if _finish_row(job, worker, **fields):
+        _publish_with_retry(publisher.publish, terminal)
+
+
+def run_residency_job(job: GenerationJob, worker: str) -> None:
+    """Load the job's model ("started" with the backend, then "done" with finish_reason "load"), or unload it from
+    this process's cache ("done", "unload"; a model that is decoding stays). Other workers keep their copies."""
+    from inference.selection import converted_path
+
+    relay = get_relay()
+    existing = relay.claim(str(job.id), worker)
+    publisher = relay.publisher(str(job.id), worker, after=existing[-1][0] if existing else 0)
+    action = "unload" if job.request.get("residency") == "unload" else "load"
+    fields: dict[str, Any] = {"status": JobStatus.SUCCEEDED, "finish_reason": action}
+    try:
+        if action == "load":
+            selection = _select(job)
+            fields.update(backend=selection.backend, fallbacks=selection.fallbacks)
+            publisher.publish({"kind": "started", "backend": selection.backend, "fallbacks": selection.fallbacks,
+                               "prompt_tokens": 0})
+        elif job.model is not None:
+            MODEL_CACHE.unload({job.model.path, str(converted_path(job.model))})
+        terminal = {"kind": "done", "finish_reason": action, "prompt_tokens": 0, "completion_tokens": 0}
     except StreamLost:
         return
     except Exception as error:

@@ -121,6 +121,14 @@ def embedding_start(*, owner, model: LocalModel, inputs: list[str], api_key=None
                     kind=GenerationJob.Kind.EMBEDDING, request={"input": inputs})
 
 
+def model_residency_start(*, owner, model: LocalModel, action: str, kind: str = GenerationJob.Kind.CHAT,
+                          api_key=None) -> GenerationJob:
+    """Queue a model load or unload ("load" | "unload", Ollama's keep_alive) for the worker that takes it."""
+    _admit()
+    return _enqueue(owner=owner, api_key=api_key, model=model, model_name=model.name, kind=kind,
+                    request={"residency": action})
+
+
 def _send_generation_task(job_id: str) -> None:
     from inference.tasks import GENERATION_QUEUE, generation_run
 

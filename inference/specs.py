@@ -48,6 +48,7 @@ def request_to_json(request: GenerationRequest) -> dict[str, Any]:
     return {
         "messages": request.messages,
         "prompt": request.prompt,
+        "tools": request.tools,
         "sampling": sampling,
         "max_tokens": request.max_tokens,
         "stop": list(request.stop),
@@ -64,6 +65,7 @@ def request_from_json(data: dict[str, Any]) -> GenerationRequest:
     return GenerationRequest(
         messages=data.get("messages"),
         prompt=data.get("prompt"),
+        tools=data.get("tools"),
         sampling=SamplingParams(**sampling),
         max_tokens=data.get("max_tokens"),
         stop=tuple(data.get("stop") or ()),

@@ -14,11 +14,12 @@ from collections.abc import Callable
 from celery import shared_task
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
-from inference.presence import CONVERTER, WORKER, Heartbeat
+from inference.presence import CONVERTER, PULLER, WORKER, Heartbeat
 
 log = logging.getLogger(__name__)
 GENERATION_QUEUE = "generation"  # generation_run: a generation worker's slots
 CONVERSION_QUEUE = "conversions"  # model_convert: a converter (`celery worker -Q conversions -c 1`)
+PULL_QUEUE = "pulls"  # model_pull: a puller (`celery worker -Q pulls -c 1`)
 OUTAGE_RETRY_SECONDS = 3
 _heartbeats: dict[str, Heartbeat] = {}
 
@@ -48,6 +49,20 @@ def model_convert(conversion_id: int) -> None:
     conversion_run(conversion_id, worker_name())
 
 
+@shared_task(name="inference.model_pull", acks_late=True, ignore_result=True)
+def model_pull(pull_id: int) -> None:
+    from django.db import close_old_connections
+
+    from inference.pulls import pull_run
+    from inference.runner import worker_name
+
+    close_old_connections()
+    try:
+        pull_run(pull_id, worker_name())
+    finally:
+        close_old_connections()
+
+
 def start_worker_heartbeat(hostname: str) -> Heartbeat:
     """Begin to beat (presence, leases, the reaper) and wake the jobs left queued without a message."""
     from inference.leases import wake_queued
@@ -62,6 +77,13 @@ def start_converter_heartbeat(hostname: str) -> Heartbeat:
 
     return _begin_beat(hostname, CONVERTER, resume_orphaned_conversions,
                        "conversion(s) left by a converter that died started over")
+
+
+def start_puller_heartbeat(hostname: str) -> Heartbeat:
+    """A puller beats as a puller (no lease, no job) and resumes the pulls a puller that died left running."""
+    from inference.pulls import resume_orphaned_pulls
+
+    return _begin_beat(hostname, PULLER, resume_orphaned_pulls, "pull(s) left by a puller that died resumed")
 
 
 def _begin_beat(hostname: str, role: str, catch_up: Callable[[str], int], caught_up: str) -> Heartbeat:
@@ -88,13 +110,16 @@ def _begin_beat(hostname: str, role: str, catch_up: Callable[[str], int], caught
 
 @worker_ready.connect
 def _start_heartbeat(sender, **_kwargs) -> None:
-    """A worker on the generation queue beats as a generation worker; one on the conversions queue alone, as a
-    converter. (The embedded mode's worker starts its own beat: inference/embedded.py.)"""
+    """A worker on the generation queue beats as a generation worker; one on the conversions queue, as a converter;
+    one on the pulls queue alone, as a puller. (The embedded mode's worker starts its own beat: inference/embedded.py.)
+    """
     queues = {queue.name for queue in sender.task_consumer.queues}
     if GENERATION_QUEUE in queues:
         start_worker_heartbeat(sender.hostname)
     elif CONVERSION_QUEUE in queues:
         start_converter_heartbeat(sender.hostname)
+    elif PULL_QUEUE in queues:
+        start_puller_heartbeat(sender.hostname)
 
 
 @worker_shutting_down.connect

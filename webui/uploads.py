@@ -401,10 +401,10 @@ def upload_sweep(max_age_hours: float | None = None) -> list[str]:
 
 def model_delete(model: LocalModel) -> None:
     """Remove a model from the library; its files go too when they live in our models folder, and so does the GGUF
-    twin a worker converted it into for llama.cpp."""
+    twin a worker converted it into for llama.cpp. A pulled split GGUF goes with the folder of its parts."""
     from inference.selection import converted_path
 
-    path = Path(model.path)
+    path = Path((model.provenance or {}).get("folder") or model.path)
     library = Path(settings.MODELS_DIR).resolve()
     converted_path(model).unlink(missing_ok=True)
     model.delete()

@@ -23,7 +23,13 @@ urlpatterns = [
     path("models/uploads/", views.upload_create, name="upload_create"),
     path("models/uploads/<uuid:upload_id>/", views.upload_detail, name="upload_detail"),
     path("models/uploads/<uuid:upload_id>/finish/", views.upload_finish, name="upload_finish"),
+    path("models/pulls/", views.pulls_partial, name="pulls"),
+    path("models/pulls/new/", views.pull_create, name="pull_create"),
+    path("models/pulls/files/", views.pull_files, name="pull_files"),
+    path("models/pulls/<int:pull_id>/cancel/", views.pull_cancel, name="pull_cancel"),
     path("models/<str:name>/delete/", views.model_delete, name="model_delete"),
     path("models/<str:name>/", views.model_detail, name="model_detail"),
     path("models/<str:name>/convert/", views.model_convert, name="model_convert"),
+    path("models/<str:name>/check-update/", views.model_check_update, name="model_check_update"),
+    path("models/<str:name>/pull-update/", views.model_pull_update, name="model_pull_update"),
 ]

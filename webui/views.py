@@ -16,18 +16,20 @@ from django.db.models import Count, Max, Q
 from django.http import Http404, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.http import require_POST
 
 from config import text as request_text
 from config.paths import paths_for
+from inference import hub, pulls
 from inference import selectors as inference_selectors
 from inference.conversions import GGUF_TYPES, conversion_start, converter_missing
 from inference.engine.base import EngineError
 from inference.engine.chat_template import conventional_template
 from inference.engine.registry import choose_backend
 from inference.leases import queue_positions
-from inference.models import FINISHED_STATUSES, JobStatus
+from inference.models import FINISHED_STATUSES, JobStatus, ModelPull
 from inference.presence import loaded_backends_by_path
 from inference.selection import backend_rows, converted_path, model_chain
 from inference.services import generation_cancel
@@ -140,9 +142,14 @@ def model_library(request):
              "load_state": _load_state(m, loaded)} for m in models]
     unfinished = (Upload.objects.filter(owner=request.user, status=Upload.Status.RECEIVING)[:20]
                   if request.user.is_staff else [])
-    return render(request, "webui/models.html", {"rows": rows, "unfinished": unfinished,
-                                                 "max_upload": uploads.max_upload_bytes(),
-                                                 "chunk_bytes": min(4 * 1024**2, uploads.MAX_CHUNK_BYTES)})
+    names = {row["model"].name for row in rows}
+    return render(request, "webui/models.html", {
+        "rows": rows, "unfinished": unfinished, "max_upload": uploads.max_upload_bytes(),
+        "chunk_bytes": min(4 * 1024**2, uploads.MAX_CHUNK_BYTES),
+        **(_pulls_context() if request.user.is_staff else {}),
+        "curated": [{"entry": entry, "in_library": entry.name in names} for entry in pulls.curated_models()]
+        if request.user.is_staff else [],
+    })
 
 
 def _load_state(model, loaded: dict[str, list[str]] | None) -> str:
@@ -174,6 +181,10 @@ def model_detail(request, name: str):
         "gguf_types": GGUF_TYPES,
         "backend_rows": backend_rows(model),
         "chain": model_chain(model),
+        "provenance": model.provenance if (model.provenance or {}).get("repo") else None,
+        "hub_url": hub.repo_url(model.provenance["repo"]) if (model.provenance or {}).get("repo") else "",
+        "update_available": bool((model.provenance or {}).get("latest_commit")) and
+        model.provenance.get("latest_commit") != model.provenance.get("commit"),
     })
 
 
@@ -300,6 +311,109 @@ def upload_finish(request, upload_id):
                          "url": reverse("webui:model_detail", args=[model.name])})
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Pulls from the Hugging Face Hub: admins only. The library page lists them with their progress (a partial the page
+# fetches every second while one runs); the jobs page shows them too.
+
+
+def _pulls_context() -> dict:
+    rows = [{"pull": pull, "progress": pulls.pull_progress_text(pull)} for pull in pulls.recent_pulls()]
+    return {"pulls": rows, "pulls_active": any(not row["pull"].is_finished for row in rows),
+            "pull_waiting": pulls.puller_missing() if any(not row["pull"].is_finished for row in rows) else ""}
+
+
+@admin_required
+def pulls_partial(request):
+    return render(request, "webui/_pulls.html", {**_pulls_context(), "pulls_next": reverse("webui:models")})
+
+
+@require_POST
+@admin_required
+def pull_create(request):
+    """The library page's form (and the suggested models' buttons): repo (or hf.co/owner/name:TAG), a GGUF file or
+    a quantization, a revision, a name."""
+    data = request.POST
+    try:
+        repo, tag = hub.parse_reference(data.get("repo", ""))
+        file, quant = data.get("file", "").strip(), data.get("quant", "").strip()
+        if tag and not (file or quant):
+            file, quant = (tag, "") if tag.lower().endswith(".gguf") else ("", tag)
+        pull = pulls.pull_start(repo, file=file, quant=quant, revision=data.get("revision", "").strip() or "main",
+                                name=data.get("name", "").strip(), owner=request.user)
+    except EngineError as error:
+        flash.error(request, error.message)
+    else:
+        waiting = pulls.puller_missing()
+        if waiting:
+            flash.warning(request, f"Pull of {pull.label} queued. {waiting}")
+        else:
+            flash.success(request, f"Pulling {pull.label}; the model joins the library when it is fetched and "
+                                   "checked.")
+    return redirect(reverse("webui:models") + "#pulls")
+
+
+@admin_required
+def pull_files(request):
+    """JSON for the pull form: the GGUF files of ?repo= (size, quantization, the default), or the files of its
+    safetensors folder; a clear message (4xx) when the hub says no."""
+    try:
+        repo, _tag = hub.parse_reference(request.GET.get("repo", ""))
+        return JsonResponse(pulls.repo_files(repo, request.GET.get("revision", "").strip() or "main"))
+    except EngineError as error:
+        status = error.status if 400 <= (error.status or 0) < 500 else 502
+        return JsonResponse({"error": {"message": error.message, "code": error.code}}, status=status)
+
+
+@require_POST
+@admin_required
+def pull_cancel(request, pull_id: int):
+    pull = ModelPull.objects.filter(pk=pull_id).first()
+    if pull is None:
+        raise Http404("No such pull.")
+    if pulls.pull_cancel(pull):
+        flash.success(request, f"Cancelled the pull of {pull.label}; what it fetched is removed.")
+    destination = request.POST.get("next", "")
+    if not url_has_allowed_host_and_scheme(destination, allowed_hosts={request.get_host()}):
+        destination = reverse("webui:models")
+    return redirect(destination)
+
+
+@require_POST
+@admin_required
+def model_check_update(request, name: str):
+    model = inference_selectors.model_by_name(name)
+    if model is None:
+        raise Http404("No such model.")
+    try:
+        latest, newer = pulls.update_check(model)
+    except EngineError as error:
+        flash.error(request, error.message)
+    else:
+        revision = model.provenance.get("revision") or "main"
+        if newer:
+            flash.success(request, f"{model.provenance['repo']} has a newer commit on {revision}: {latest[:12]} "
+                                   f"(this model is {model.provenance.get('commit', '')[:12]}).")
+        else:
+            flash.success(request, f"Up to date: {revision} is still at {latest[:12]}.")
+    return redirect("webui:model_detail", name=name)
+
+
+@require_POST
+@admin_required
+def model_pull_update(request, name: str):
+    model = inference_selectors.model_by_name(name)
+    if model is None:
+        raise Http404("No such model.")
+    try:
+        pull = pulls.update_pull_start(model, owner=request.user)
+    except EngineError as error:
+        flash.error(request, error.message)
+        return redirect("webui:model_detail", name=name)
+    flash.success(request, f"Pulling the update of {model.name} as {pull.result_name}; the old one stays until you "
+                           "delete it.")
+    return redirect(reverse("webui:models") + "#pulls")
+
+
 @require_POST
 @admin_required
 def model_delete(request, name: str):
@@ -328,6 +442,7 @@ def jobs(request):
         "running": list(mine.filter(status=JobStatus.RUNNING).order_by("started_at")),
         "finished": list(mine.filter(status__in=FINISHED_STATUSES).order_by("-finished_at")[:50]),
         "queue_length": len(position),
+        **(_pulls_context() if request.user.is_staff else {}),
     }
     template = "webui/_jobs_tables.html" if request.GET.get("partial") else "webui/jobs.html"
     return render(request, template, context)

@@ -7,7 +7,7 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from ninja import Router
 
-from inference.presence import CONVERTER, get_presence
+from inference.presence import CONVERTER, PULLER, get_presence
 from inference.selectors import queued_count
 
 router = Router(tags=["Health"])
@@ -34,10 +34,10 @@ def _broker_state() -> str:
         return f"error: {error}"
 
 
-def _converters(broker: str) -> dict:
+def _converters(broker: str, role: str = CONVERTER) -> dict:
     if settings.HEARTH_EMBEDDED_WORKER:
         return {"embedded": True}
-    names = get_presence(CONVERTER).live_workers() if broker.startswith("ok") else []
+    names = get_presence(role).live_workers() if broker.startswith("ok") else []
     return {"alive": len(names), "names": names}
 
 
@@ -55,6 +55,7 @@ def health(request: HttpRequest):
         "workers": {"alive": len(workers), "names": workers},
         # Model conversions run apart (the "conversions" queue); the embedded mode converts in its own thread.
         "converters": _converters(broker),
+        "pullers": _converters(broker, PULLER),  # pulls from the Hugging Face Hub: the "pulls" queue
         # Per worker, per loaded model: slots (sequences decoded together), running, waiting, cached.
         "engine": [{"worker": name, **model} for name, models in sorted(engine.items()) for model in models],
         "queued_jobs": queued_count() if database == "ok" else None,

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import uuid
-from dataclasses import replace
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -14,8 +12,10 @@ from ninja import Router
 
 from api.auth import ApiKeyAuth
 from api.errors import error_response
+from api.generation import engine_error_response, model_or_404, start_jobs
 from api.limits import check_concurrency
 from api.schemas import openai as oa
+from api.schemas import openai_output as out
 from api.streaming import (
     Answer,
     ChoiceEvents,
@@ -28,101 +28,14 @@ from api.streaming import (
     parse_event_id,
     sse_response,
 )
-from api.tools import parse_tool_calls
+from api.tools import CallStart, Delta, TextDelta, ToolCallStream, parse_tool_calls
 from inference import selectors
 from inference.engine.base import EngineError
 from inference.models import GenerationJob
 from inference.selection import capability_refusal
-from inference.services import embedding_start, generation_start
+from inference.services import embedding_start
 
 router = Router(auth=ApiKeyAuth(), tags=["OpenAI"])
-
-
-def _model_or_404(name: str):
-    model = selectors.model_by_name(name)
-    if model is None:
-        return None, error_response(
-            f"The model {name!r} does not exist. GET /v1/models lists the models of this server.",
-            status=404, param="model", code="model_not_found",
-        )
-    return model, None
-
-
-def _engine_error_response(error: EngineError):
-    headers = {"Retry-After": str(error.retry_after)} if hasattr(error, "retry_after") else None
-    return error_response(error.message, status=error.status, code=error.code, headers=headers)
-
-
-def _prompt_requests(body) -> list:
-    """One engine request per prompt (a chat has one; a completion one per prompt, in order), each with the
-    request's `n` choices: one job runs them all (the worker samples choice i with seed + i)."""
-    base = body.to_generation_request()
-    prompts = getattr(body, "prompt", None) or [base.prompt]
-    return [replace(base, prompt=prompt) for prompt in prompts]
-
-
-async def _start(request: HttpRequest, body, kind: str, response: dict[str, Any]):
-    """Queue the job(s), one per prompt, and wait for each one's first event: (jobs, [JobEvents], first event), or
-    (None, error).
-
-    `response` is what shapes the answer (kept on the job, so that a resumed stream renders the same)."""
-    model, missing = await sync_to_async(_model_or_404)(body.model)
-    if missing:
-        return None, missing
-    try:
-        requests = _prompt_requests(body)
-    except EngineError as error:  # a schema or tool list that is refused
-        return None, error_response(error.message, status=error.status, code=error.code or "invalid_value",
-                                    param="tools" if getattr(body, "tools", None) else "response_format")
-    refused = _backend_cannot_honour(model, body, requests[0])
-    if refused is not None:
-        return None, refused
-    over_limit = await sync_to_async(check_concurrency)(request.auth, len(requests) * requests[0].n)
-    if over_limit is not None:
-        return None, over_limit
-    jobs, streams = [], []
-    try:
-        for engine_request in requests:
-            jobs.append(await sync_to_async(generation_start)(
-                owner=request.auth.owner, model=model, request=engine_request, kind=kind,
-                backend=getattr(body, "backend", None), api_key=request.auth, response=response,
-            ))
-    except EngineError as error:
-        for job in jobs:
-            await JobEvents(str(job.id)).cancel()
-        return None, _engine_error_response(error)
-    streams = [JobEvents(str(job.id)) for job in jobs]
-    try:
-        firsts = [await events.wait_first() for events in streams]
-    except BaseException:  # the client hung up (or the wait ran out): no job runs for nobody
-        for events in streams:
-            await asyncio.shield(events.cancel())
-        raise
-    failed = next((first for first in firsts if first["kind"] == "error"), None)
-    if failed is not None:
-        for events in streams:
-            await events.cancel()
-        return None, error_event_response(failed)
-    return (jobs, streams, firsts[0]), None
-
-
-def _backend_cannot_honour(model, body, engine_request):
-    """Grammars and log probabilities are llama.cpp's: 400 naming the parameter when no backend of the model's
-    chain declares them (a Hugging Face model reaches llama.cpp converted to GGUF)."""
-    wanted = []
-    if getattr(engine_request, "structure", None):
-        wanted.append("tools" if getattr(body, "tools", None) and body.tool_choice not in (None, "auto", "none")
-                      else "response_format")
-    if getattr(engine_request, "logprobs", None) is not None:
-        wanted.append("logprobs")
-    if not wanted:
-        return None
-    needs = frozenset("logprobs" if want == "logprobs" else "structured_output" for want in wanted)
-    refusal = capability_refusal(model, getattr(body, "backend", None), needs)
-    if refusal is None:
-        return None
-    return error_response(f"'{wanted[0]}' is not possible here: {refusal}", param=wanted[0],
-                          code="unsupported_parameter")
 
 
 def _fingerprint(first: dict[str, Any]) -> str:
@@ -134,23 +47,14 @@ def _model_card(model) -> dict[str, Any]:
     return {"id": model.name, "object": "model", "created": int(model.created_at.timestamp()), "owned_by": "hearth"}
 
 
-def _hearth_headers(first: dict[str, Any]) -> dict[str, str]:
-    """x-hearth-backend: the backend that serves; x-hearth-fallback: those tried before it, and why not."""
-    headers = {"x-hearth-backend": first["backend"]} if first.get("backend") else {}
-    if first.get("fallbacks"):
-        headers["x-hearth-fallback"] = "; ".join(
-            f"{step['backend']}: {step['reason']}" for step in first["fallbacks"])[:1000]
-    return headers
-
-
-@router.get("/models", response=oa.ModelList, summary="List models")
+@router.get("/models", response=out.ModelList, summary="List models")
 def list_models(request: HttpRequest):
     return {"object": "list", "data": [_model_card(m) for m in selectors.model_list()]}
 
 
-@router.get("/models/{model_id}", response=oa.Model, summary="Retrieve a model")
+@router.get("/models/{model_id}", response=out.Model, summary="Retrieve a model")
 def retrieve_model(request: HttpRequest, model_id: str):
-    model, missing = _model_or_404(model_id)
+    model, missing = model_or_404(model_id)
     if missing:
         return missing
     return _model_card(model)
@@ -163,7 +67,8 @@ def retrieve_model(request: HttpRequest, model_id: str):
 
 def _chat_response(body: oa.ChatCompletionRequest) -> dict[str, Any]:
     return {"dialect": "chat", "model": body.model, "created": now(), "include_usage": body.include_usage(),
-            "logprobs": bool(body.logprobs), "tools": body.tools if body.uses_tools() else None}
+            "logprobs": bool(body.logprobs), "tools": body.tools if body.uses_tools() else None,
+            "max_tool_calls": 1 if body.parallel_tool_calls is False else None}
 
 
 def _completion_response(body: oa.CompletionRequest) -> dict[str, Any]:
@@ -176,49 +81,76 @@ def _response_id(response: dict[str, Any], job_id) -> str:
     return f"{prefix}-{uuid.UUID(str(job_id)).hex}"
 
 
+def _tool_calls(response: dict[str, Any], completion_id: str, choice: int) -> ToolCallStream | None:
+    """The reader of choice `choice`'s tool calls (None without tools): its ids are seeded by the completion's id,
+    so a resumed stream and the whole answer name the calls alike."""
+    if not response.get("tools"):
+        return None
+    return ToolCallStream(response["tools"], id_seed=f"{completion_id}:{choice}",
+                          max_calls=response.get("max_tool_calls"))
+
+
+def _delta_fields(delta: Delta) -> dict[str, Any]:
+    """A tool-call reader's delta (text, a call's start, a piece of its arguments) as a chat chunk's delta."""
+    if isinstance(delta, TextDelta):
+        return {"content": delta.text}
+    if isinstance(delta, CallStart):
+        return {"tool_calls": [out.tool_call_start(delta.index, delta.id, delta.name)]}
+    return {"tool_calls": [out.tool_call_arguments(delta.index, delta.text)]}
+
+
 def _renderer(response: dict[str, Any], completion_id: str, fingerprint: str, jobs: int):
     """render(index, event, answer) -> the SSE chunks of one relay event, for chat or text completions; the usage
-    chunk (if asked) once all `jobs` are done."""
+    chunk (if asked) once all `jobs` are done.
+
+    With tools, each choice's text goes through a `ToolCallStream`: content while no call can have started, then
+    OpenAI's incremental `tool_calls` deltas (the first with index, id, type, name and arguments "", then pieces
+    of the arguments). Its state is rebuilt from the job's events, so a resumed stream renders the same chunks."""
     chat = response["dialect"] == "chat"
     model, created, include_usage = response["model"], response["created"], response["include_usage"]
-    tools = response.get("tools")
+    readers: dict[int, ToolCallStream | None] = {}
     common = {"system_fingerprint": fingerprint, "include_usage": include_usage}
 
     def chunk(**fields):
-        return (oa.chat_chunk if chat else oa.completion_chunk)(completion_id, created, model, **common, **fields)
+        return (out.chat_chunk if chat else out.completion_chunk)(completion_id, created, model, **common, **fields)
+
+    def reader(choice: int) -> ToolCallStream | None:
+        if choice not in readers:
+            readers[choice] = _tool_calls(response, completion_id, choice) if chat else None
+        return readers[choice]
+
+    def token_chunks(choice: int, event: dict[str, Any]) -> list[dict[str, Any]]:
+        text, calls = event.get("text", ""), reader(choice)
+        if calls is None:
+            chunks = [chunk(index=choice, **({"content": text} if chat else {"text": text}))]
+        else:
+            chunks = [chunk(index=choice, **_delta_fields(delta)) for delta in calls.feed(text)]
+        if response["logprobs"]:
+            chunks = chunks or [chunk(index=choice)]  # the token's log probabilities, though it says nothing yet
+            entries = event.get("logprobs") or []
+            chunks[0]["choices"][0]["logprobs"] = (out.chat_logprobs(entries) if chat
+                                                   else out.completion_logprobs(entries))
+        return chunks
 
     def end_of_choice(choice: int, outcome: JobOutcome) -> list[dict[str, Any]]:
-        chunks, finish = [], _finish(outcome)
-        if tools:
-            content, calls = parse_tool_calls(outcome.text, tools, id_seed=f"{completion_id}:{choice}")
-            delta_chunk = chunk(content=content, index=choice)
-            if calls:
-                delta_chunk["choices"][0]["delta"]["tool_calls"] = [
-                    {**call, "index": position} for position, call in enumerate(calls)]
-                finish = "tool_calls"
-            if content is not None or calls:
-                chunks.append(delta_chunk)
-        chunks.append(chunk(finish_reason=finish, index=choice))
-        return chunks
+        calls = reader(choice)
+        if calls is None:
+            return [chunk(finish_reason=_finish(outcome), index=choice)]
+        chunks = [chunk(index=choice, **_delta_fields(delta)) for delta in calls.finish()]
+        finish = "tool_calls" if calls.calls() else _finish(outcome)
+        return [*chunks, chunk(finish_reason=finish, index=choice)]
 
     def render(_index: int, event: dict[str, Any], answer: Answer) -> list[dict[str, Any]]:
         kind, choice = event["kind"], event.get("choice", 0)
         if kind == "started":
             return [chunk(role="assistant", index=choice)] if chat else []
         if kind == "token":
-            if tools:  # a tool call is only known whole: the text comes with the last chunk
-                return []
-            piece = chunk(index=choice, **({"content": event.get("text", "")} if chat else
-                                           {"text": event.get("text", "")}))
-            if response["logprobs"]:
-                entries = event.get("logprobs") or []
-                piece["choices"][0]["logprobs"] = (oa.chat_logprobs(entries) if chat
-                                                   else oa.completion_logprobs(entries))
-            return [piece]
+            return token_chunks(choice, event)
         chunks = end_of_choice(choice, answer.choice(choice)) if ends_a_choice(event) else []
         if kind == "done" and include_usage and answer.jobs_done == jobs:
-            usage_chunk = oa.usage_chunk if chat else oa.completion_usage_chunk
-            chunks.append(usage_chunk(completion_id, created, model, system_fingerprint=fingerprint, **answer.usage))
+            chunks.append(out.usage_chunk(completion_id, created, model, system_fingerprint=fingerprint,
+                                          object="chat.completion.chunk" if chat else "text_completion",
+                                          **answer.usage))
         return chunks
 
     return render
@@ -230,27 +162,27 @@ def _whole_response(response: dict[str, Any], completion_id: str, fingerprint: s
     model, created = response["model"], response["created"]
     outcomes = answer.in_order()
     if response["dialect"] == "chat":
-        payload = oa.chat_completion(completion_id, created, model, system_fingerprint=fingerprint,
+        payload = out.chat_completion(completion_id, created, model, system_fingerprint=fingerprint,
                                      content=outcomes[0].text, finish_reason=_finish(outcomes[0]), **answer.usage)
         payload["choices"] = [_chat_choice(response, completion_id, i, o) for i, o in enumerate(outcomes)]
         return payload
-    payload = oa.completion(completion_id, created, model, system_fingerprint=fingerprint, text=outcomes[0].text,
+    payload = out.completion(completion_id, created, model, system_fingerprint=fingerprint, text=outcomes[0].text,
                             finish_reason=_finish(outcomes[0]), **answer.usage)
     payload["choices"] = [
         {"text": o.text, "index": i, "finish_reason": _finish(o),
-         "logprobs": oa.completion_logprobs(o.logprobs) if response["logprobs"] else None}
+         "logprobs": out.completion_logprobs(o.logprobs) if response["logprobs"] else None}
         for i, o in enumerate(outcomes)
     ]
     return payload
 
 
 async def _answer(request: HttpRequest, body, kind: str, response: dict[str, Any]):
-    started, failure = await _start(request, body, kind, response)
+    started, failure = await start_jobs(request, body, kind, response)
     if failure:
         return failure
-    jobs, streams, first = started
-    completion_id, fingerprint = _response_id(response, jobs[0].id), _fingerprint(first)
-    headers = {**_hearth_headers(first), "x-hearth-job": str(jobs[0].id)}
+    streams = started.streams
+    completion_id, fingerprint = _response_id(response, started.jobs[0].id), _fingerprint(started.first)
+    headers = started.headers
     events = streams[0] if len(streams) == 1 else ChoiceEvents(streams, body.n or 1)
     if not body.stream:
         answer = await collect(events)
@@ -316,10 +248,10 @@ async def completion_resume(request: HttpRequest, completion_id: str, stream: bo
     return await _resume(request, completion_id, "completion", stream, starting_after)
 
 
-@router.post("/embeddings", response=oa.EmbeddingList, summary="Create embeddings")
+@router.post("/embeddings", response=out.EmbeddingList, summary="Create embeddings")
 async def embeddings(request: HttpRequest, body: oa.EmbeddingRequest):
     """One vector per input from the model's embedding context (GGUF models, llama.cpp), run by a worker."""
-    model, missing = await sync_to_async(_model_or_404)(body.model)
+    model, missing = await sync_to_async(model_or_404)(body.model)
     if missing:
         return missing
     refusal = capability_refusal(model, None, frozenset({"embeddings"}))
@@ -333,7 +265,7 @@ async def embeddings(request: HttpRequest, body: oa.EmbeddingRequest):
         job = await sync_to_async(embedding_start)(owner=request.auth.owner, model=model, inputs=body.input,
                                                    api_key=request.auth)
     except EngineError as error:
-        return _engine_error_response(error)
+        return engine_error_response(error)
     events = JobEvents(str(job.id))
     result: dict[str, Any] = {}
     async for _index, event in events:
@@ -348,22 +280,22 @@ async def embeddings(request: HttpRequest, body: oa.EmbeddingRequest):
         return error_response(
             f"This model's embeddings have {result.get('dimensions')} dimensions; it cannot shorten them to "
             f"{body.dimensions}. Leave out 'dimensions'.", param="dimensions", code="unsupported_parameter")
-    return JsonResponse(oa.embedding_list(body.model, vectors, prompt_tokens=result.get("prompt_tokens", 0),
+    return JsonResponse(out.embedding_list(body.model, vectors, prompt_tokens=result.get("prompt_tokens", 0),
                                           encoding_format=body.encoding_format))
 
 
 def _chat_choice(response: dict[str, Any], completion_id: str, index: int, outcome: JobOutcome) -> dict[str, Any]:
-    """One whole chat choice: tool calls parsed out of the text when the request has tools, logprobs if asked."""
-    tools = response.get("tools")
-    content, calls = (parse_tool_calls(outcome.text, tools, id_seed=f"{completion_id}:{index}") if tools
-                      else (outcome.text, []))
-    message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
-    if calls:
-        message["tool_calls"] = calls
-    return {"index": index, "message": message, "finish_reason": "tool_calls" if calls else _finish(outcome),
-            "logprobs": oa.chat_logprobs(outcome.logprobs) if response["logprobs"] else None}
+    """One whole chat choice: tool calls read out of the text when the request has tools (as its stream would
+    have sent them), logprobs if asked."""
+    content, calls = outcome.text, []
+    if response.get("tools"):
+        content, calls = parse_tool_calls(outcome.text, response["tools"], id_seed=f"{completion_id}:{index}",
+                                          max_calls=response.get("max_tool_calls"))
+    return {"index": index, "message": out.chat_message(content, calls),
+            "finish_reason": "tool_calls" if calls else _finish(outcome),
+            "logprobs": out.chat_logprobs(outcome.logprobs) if response["logprobs"] else None}
 
 
 def _finish(outcome: JobOutcome) -> str:
     """OpenAI knows stop and length; a job cancelled from elsewhere reads as stop."""
-    return oa.openai_finish_reason(outcome.finish_reason) or "stop"
+    return out.openai_finish_reason(outcome.finish_reason) or "stop"

@@ -1,24 +1,21 @@
-"""The OpenAI API as Hearth speaks it: request bodies, response objects, stream chunks and errors.
+"""The OpenAI API's requests as Hearth reads them: chat completions, text completions, embeddings.
 
 The shapes are those of the OpenAI spec (openai/openai-openapi `openapi.yaml`: the
-`CreateChatCompletionRequest`, `CreateCompletionRequest`, `CreateChatCompletionResponse`,
-`CreateChatCompletionStreamResponse`, `CreateCompletionResponse`, `Model` and `Error` schemas),
+`CreateChatCompletionRequest`, `CreateCompletionRequest` and `CreateEmbeddingRequest` schemas),
 fields in the order of OpenAI's API reference; Hearth's own extensions sit in a fenced block at
-the end of each request.
+the end of each request. What Hearth answers (response objects, stream chunks, errors) is in
+api/schemas/openai_output.py.
 
 Requests are plain pydantic models (no Django), so the worker, the tests and django-ninja can all
 use them. Unknown fields are ignored, never an error. Parameters Hearth cannot honour yet fail
-validation by name (see `UNSUPPORTED_PARAMETERS`), rather than being silently dropped.
-
-Responses are built as plain dicts by the small builder functions below (the SSE view sends
-thousands of chunks, the dicts are what goes on the wire); the response models describe the same
-shapes for the OpenAPI docs and for validating the builders in the tests.
+validation by name (see `UNSUPPORTED_PARAMETERS`), rather than being silently dropped. Every dialect
+(Responses, Anthropic, Ollama) translates its request into these, so `to_generation_request()` is the
+one way a request becomes the engine's `GenerationRequest`.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -26,7 +23,6 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    ValidationError,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
@@ -39,8 +35,6 @@ from inference.engine.sampling import SamplingParams
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_STOP_SEQUENCES = 4
 MAX_CHOICES = 16  # n (times the prompts of a completion): one sequence each, one job per prompt
-
-FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
 
 
 class OpenAIModel(BaseModel):
@@ -300,38 +294,42 @@ class ChatCompletionRequest(_GenerationParameters):
     backend: str | None = Field(default=None, max_length=64, description="force a backend by name")
     # --- end of Hearth extensions -----------------------------------------------------------
 
+    @field_validator("tools", mode="after")
+    @classmethod
+    def tools_are_functions(cls, tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        for index, tool in enumerate(tools or ()):
+            if tool.get("type", "function") != "function":
+                raise _unsupported(f"tools[{index}]: only tools of type 'function' are supported")
+            function = tool.get("function")
+            if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+                raise PydanticCustomError(
+                    "invalid_value", "tools[{index}] must be {\"type\": \"function\", \"function\": {\"name\": "
+                    "<string>, \"parameters\": <JSON schema object>}}", {"index": index})
+            if not isinstance(function.get("parameters", {}), dict):
+                raise PydanticCustomError("invalid_value", "tools[{index}].function.parameters must be a JSON schema "
+                                          "object", {"index": index})
+        return tools
+
+    @field_validator("tool_choice", mode="after")
+    @classmethod
+    def tool_choice_names_a_given_function(cls, choice: str | dict[str, Any] | None, info: ValidationInfo
+                                           ) -> str | dict[str, Any] | None:
+        if isinstance(choice, str) and choice not in ("none", "auto", "required"):
+            raise PydanticCustomError("invalid_value", "tool_choice must be 'none', 'auto', 'required' or "
+                                      "{\"type\": \"function\", \"function\": {\"name\": <one of tools>}}")
+        if isinstance(choice, dict):
+            name = (choice.get("function") or {}).get("name") if isinstance(choice.get("function"), dict) else None
+            names = {(tool.get("function") or {}).get("name") for tool in info.data.get("tools") or ()}
+            if choice.get("type", "function") != "function" or not isinstance(name, str):
+                raise PydanticCustomError("invalid_value", "a tool_choice object must be "
+                                          "{\"type\": \"function\", \"function\": {\"name\": <one of tools>}}")
+            if name not in names:
+                raise PydanticCustomError("invalid_value", "tool_choice names the function '{name}', which is not "
+                                          "in tools", {"name": name})
+        return choice
+
     def uses_tools(self) -> bool:
         return bool(self.tools) and self.tool_choice != "none"
-
-    def engine_messages(self) -> list[dict[str, Any]]:
-        """The messages for the chat template. With tools, the tools are described in the system message (in
-        the Hermes format most templates teach), earlier calls are written as `<tool_call>` blocks and tool
-        results as `<tool_response>` user turns, which every template can render."""
-        messages = [message.to_engine_message() for message in self.messages]
-        if not self.uses_tools():
-            return messages
-        converted = []
-        for message in messages:
-            if message["role"] == "assistant" and message.get("tool_calls"):
-                blocks = [
-                    "<tool_call>\n" + json.dumps({"name": (call.get("function") or {}).get("name"),
-                                                   "arguments": _arguments(call.get("function") or {})})
-                    + "\n</tool_call>"
-                    for call in message["tool_calls"]
-                ]
-                text = "\n".join(filter(None, [message.get("content") or "", *blocks]))
-                converted.append({"role": "assistant", "content": text})
-            elif message["role"] == "tool":
-                converted.append({"role": "user",
-                                  "content": f"<tool_response>\n{message.get('content') or ''}\n</tool_response>"})
-            else:
-                converted.append(message)
-        described = tools_system_prompt(self.tools or [])
-        if converted and converted[0]["role"] == "system":
-            converted[0] = {**converted[0], "content": f"{converted[0]['content']}\n\n{described}"}
-        else:
-            converted.insert(0, {"role": "system", "content": described})
-        return converted
 
     def structure(self) -> dict[str, Any] | None:
         """What constrained decoding must produce: a required or named tool call, else the response format's
@@ -348,36 +346,19 @@ class ChatCompletionRequest(_GenerationParameters):
         return (self.top_logprobs or 0) if self.logprobs else None
 
     def to_generation_request(self) -> GenerationRequest:
+        """The messages as plain dicts for the chat template, and the tools when the model may call them: the
+        worker gives them to a template that reads `tools`, else describes them in the system message
+        (inference/engine/chat_template.py `render_chat`)."""
         extras = {"structure": self.structure(), "logprobs": self.logprob_alternatives()}
         return GenerationRequest(
-            messages=self.engine_messages(),
+            messages=[message.to_engine_message() for message in self.messages],
+            tools=self.tools if self.uses_tools() else None,
             sampling=self.to_sampling_params(),
             max_tokens=self.effective_max_tokens(),
             stop=self.stop_list(),
             n=self.n or 1,
             **extras,
         )
-
-
-def _arguments(function: dict[str, Any]) -> Any:
-    arguments = function.get("arguments", {})
-    if isinstance(arguments, str):
-        try:
-            return json.loads(arguments)
-        except json.JSONDecodeError:
-            return arguments
-    return arguments
-
-
-def tools_system_prompt(tools: list[dict[str, Any]]) -> str:
-    """The tools, described as Hermes-style templates do (Qwen, Hermes, many fine-tunes)."""
-    functions = "\n".join(json.dumps(tool, ensure_ascii=False) for tool in tools)
-    return (
-        "You may call one or more functions to assist with the user query. The functions are listed in "
-        f"<tools></tools>:\n<tools>\n{functions}\n</tools>\n\nFor each function call, return a JSON object with "
-        "the function name and arguments within <tool_call></tool_call> tags:\n<tool_call>\n"
-        '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
-    )
 
 
 def _prompt_as_list(value: Any) -> Any:
@@ -474,405 +455,3 @@ class EmbeddingRequest(OpenAIModel):
     encoding_format: Literal["float", "base64"] | None = "float"
     dimensions: int | None = Field(default=None, ge=1, description="must equal the model's own dimensions")
     user: str | None = None
-
-
-# ---------------------------------------------------------------------------------------------
-# Responses: the shapes (for the OpenAPI docs and the tests)
-# ---------------------------------------------------------------------------------------------
-
-
-class PromptTokensDetails(BaseModel):
-    cached_tokens: int = Field(0, description="Prompt tokens the worker's prefix cache held (not computed again).")
-
-
-class Usage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-    prompt_tokens_details: PromptTokensDetails
-
-
-class ChatCompletionMessage(BaseModel):
-    role: Literal["assistant"] = "assistant"
-    content: str | None
-    refusal: str | None = None
-
-
-class ChatCompletionChoice(BaseModel):
-    index: int
-    message: ChatCompletionMessage
-    logprobs: None = None
-    finish_reason: FinishReason
-
-
-class ChatCompletion(BaseModel):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    choices: list[ChatCompletionChoice]
-    usage: Usage
-    system_fingerprint: str | None = None
-
-
-class ChatCompletionDelta(BaseModel):
-    """Only the keys that were set belong on the wire: dump with `exclude_unset=True`."""
-
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-
-
-class ChatCompletionChunkChoice(BaseModel):
-    index: int
-    delta: ChatCompletionDelta
-    logprobs: None = None
-    finish_reason: FinishReason | None = None
-
-
-class ChatCompletionChunk(BaseModel):
-    """`choices` is empty and `usage` set on the final usage chunk; `usage` is null on the others
-    when the client asked for usage, absent when it did not."""
-
-    id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    system_fingerprint: str | None = None
-    choices: list[ChatCompletionChunkChoice]
-    usage: Usage | None = None
-
-
-class CompletionChoice(BaseModel):
-    text: str
-    index: int
-    logprobs: None = None
-    finish_reason: Literal["stop", "length", "content_filter"] | None
-
-
-class Completion(BaseModel):
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    system_fingerprint: str | None = None
-    choices: list[CompletionChoice]
-    usage: Usage | None = None
-
-
-class CompletionChunk(Completion):
-    """OpenAI streams text completions with the same shape and `object` as the full response;
-    `finish_reason` is null until the last text chunk."""
-
-
-class Model(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[Model]
-
-
-class ErrorBody(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorBody
-
-
-class Embedding(BaseModel):
-    object: Literal["embedding"] = "embedding"
-    index: int
-    embedding: list[float] | str
-
-
-class EmbeddingUsage(BaseModel):
-    prompt_tokens: int
-    total_tokens: int
-
-
-class EmbeddingList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[Embedding]
-    model: str
-    usage: EmbeddingUsage
-
-
-# ---------------------------------------------------------------------------------------------
-# Responses: the builders the views call
-# ---------------------------------------------------------------------------------------------
-
-
-def openai_finish_reason(engine_reason: str | None) -> str | None:
-    """The engine's "cancelled" has no OpenAI equivalent; a client that still listens sees "stop"."""
-    return "stop" if engine_reason == "cancelled" else engine_reason
-
-
-def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
-    """OpenAI's usage; `prompt_tokens_details.cached_tokens` counts the prompt tokens a worker's prefix cache held."""
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": cached_tokens},
-    }
-
-
-def chat_completion(
-    id: str,
-    created: int,
-    model: str,
-    *,
-    content: str,
-    finish_reason: str,
-    prompt_tokens: int,
-    completion_tokens: int,
-    system_fingerprint: str | None = None,
-    cached_tokens: int = 0,
-) -> dict[str, Any]:
-    return {
-        "id": id,
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": content, "refusal": None},
-                "logprobs": None,
-                "finish_reason": finish_reason,
-            }
-        ],
-        "usage": usage(prompt_tokens, completion_tokens, cached_tokens),
-        "system_fingerprint": system_fingerprint,
-    }
-
-
-def chat_chunk(
-    id: str,
-    created: int,
-    model: str,
-    *,
-    role: Literal["assistant"] | None = None,
-    content: str | None = None,
-    finish_reason: str | None = None,
-    system_fingerprint: str | None = None,
-    include_usage: bool = False,
-    index: int = 0,
-) -> dict[str, Any]:
-    """One streamed chat chunk (of choice `index`). The first carries `role="assistant", content=""`, the middle ones
-    `content`, the last `finish_reason` and an empty delta. With `include_usage` every chunk has
-    `"usage": null`, as the spec asks when the client set `stream_options.include_usage`."""
-    delta: dict[str, Any] = {}
-    if role is not None:
-        delta["role"] = role
-    if content is not None:
-        delta["content"] = content
-    chunk: dict[str, Any] = {
-        "id": id,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "system_fingerprint": system_fingerprint,
-        "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
-    }
-    if include_usage:
-        chunk["usage"] = None
-    return chunk
-
-
-def usage_chunk(
-    id: str,
-    created: int,
-    model: str,
-    *,
-    prompt_tokens: int,
-    completion_tokens: int,
-    system_fingerprint: str | None = None,
-    cached_tokens: int = 0,
-) -> dict[str, Any]:
-    """The last chat chunk when the client asked for usage: no choices, the totals."""
-    return {
-        "id": id,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "system_fingerprint": system_fingerprint,
-        "choices": [],
-        "usage": usage(prompt_tokens, completion_tokens, cached_tokens),
-    }
-
-
-def completion(
-    id: str,
-    created: int,
-    model: str,
-    *,
-    text: str,
-    finish_reason: str,
-    prompt_tokens: int,
-    completion_tokens: int,
-    system_fingerprint: str | None = None,
-    cached_tokens: int = 0,
-) -> dict[str, Any]:
-    return {
-        "id": id,
-        "object": "text_completion",
-        "created": created,
-        "model": model,
-        "system_fingerprint": system_fingerprint,
-        "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}],
-        "usage": usage(prompt_tokens, completion_tokens, cached_tokens),
-    }
-
-
-def completion_chunk(
-    id: str,
-    created: int,
-    model: str,
-    *,
-    text: str = "",
-    finish_reason: str | None = None,
-    system_fingerprint: str | None = None,
-    include_usage: bool = False,
-    index: int = 0,
-) -> dict[str, Any]:
-    chunk: dict[str, Any] = {
-        "id": id,
-        "object": "text_completion",
-        "created": created,
-        "model": model,
-        "system_fingerprint": system_fingerprint,
-        "choices": [{"text": text, "index": index, "logprobs": None, "finish_reason": finish_reason}],
-    }
-    if include_usage:
-        chunk["usage"] = None
-    return chunk
-
-
-def completion_usage_chunk(
-    id: str,
-    created: int,
-    model: str,
-    *,
-    prompt_tokens: int,
-    completion_tokens: int,
-    system_fingerprint: str | None = None,
-    cached_tokens: int = 0,
-) -> dict[str, Any]:
-    """The last text completion chunk when the client asked for usage: no choices, the totals."""
-    return {
-        "id": id,
-        "object": "text_completion",
-        "created": created,
-        "model": model,
-        "system_fingerprint": system_fingerprint,
-        "choices": [],
-        "usage": usage(prompt_tokens, completion_tokens, cached_tokens),
-    }
-
-
-def chat_logprobs(entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """A chat choice's `logprobs`: per token its text, log probability, bytes and the top alternatives."""
-    return {"content": [dict(entry) for entry in entries], "refusal": None}
-
-
-def completion_logprobs(entries: Sequence[dict[str, Any]], text_offset: int = 0) -> dict[str, Any]:
-    """A text completion choice's legacy `logprobs`: parallel lists, alternatives as {token: logprob}."""
-    offsets, position = [], text_offset
-    for entry in entries:
-        offsets.append(position)
-        position += len(entry["token"])
-    return {
-        "tokens": [entry["token"] for entry in entries],
-        "token_logprobs": [entry["logprob"] for entry in entries],
-        "top_logprobs": [{alt["token"]: alt["logprob"] for alt in entry["top_logprobs"]} for entry in entries],
-        "text_offset": offsets,
-    }
-
-
-def embedding_list(model: str, vectors: Sequence[Sequence[float]], *, prompt_tokens: int,
-                   encoding_format: str | None = "float") -> dict[str, Any]:
-    """The embeddings in input order; base64 is the little-endian float32 bytes, as OpenAI sends them."""
-    import base64
-    import struct
-
-    def encode(vector: Sequence[float]) -> list[float] | str:
-        if encoding_format == "base64":
-            return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
-        return list(vector)
-
-    return {
-        "object": "list",
-        "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)],
-        "model": model,
-        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
-    }
-
-
-# ---------------------------------------------------------------------------------------------
-# Errors
-# ---------------------------------------------------------------------------------------------
-
-
-def error_body(
-    message: str,
-    type: str = "invalid_request_error",
-    param: str | None = None,
-    code: str | None = None,
-) -> dict[str, Any]:
-    """OpenAI's error envelope: {"error": {"message", "type", "param", "code"}}."""
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
-
-
-def _error_code(pydantic_type: str) -> str:
-    """OpenAI's codes for request errors, from pydantic's error types."""
-    if pydantic_type == "missing":
-        return "missing_required_parameter"
-    if pydantic_type == "unsupported_parameter":
-        return "unsupported_parameter"
-    if pydantic_type.endswith(("_type", "_parsing")):  # string_type, float_parsing, model_type, ...
-        return "invalid_type"
-    return "invalid_value"
-
-
-def validation_error_to_openai(
-    error: ValidationError | Sequence[Mapping[str, Any]], *, skip_loc: int = 0
-) -> dict[str, Any]:
-    """The first validation error as OpenAI's error envelope, naming the parameter.
-
-    `error` is a pydantic ValidationError or its `.errors()` list (django-ninja's ValidationError
-    carries such a list in `.errors`, with locations prefixed by ("body", "<argument name>"):
-    pass `skip_loc=2` for those).
-    """
-    errors = error.errors() if isinstance(error, ValidationError) else list(error)
-    if not errors:
-        return error_body("Invalid request.")
-    first = errors[0]
-    loc = [str(part) for part in first.get("loc", ())[skip_loc:]]
-    param = ".".join(loc) or None
-    kind = first.get("type", "")
-    message = (
-        str(first.get("msg", "invalid value")).removeprefix("Value error, ").replace(" after validation", "")
-    )
-    if kind == "missing" and param:
-        text = f"Missing required parameter: '{param}'."
-    elif param:
-        text = f"Invalid '{param}': {message[:1].lower()}{message[1:]}."
-        given = first.get("input")
-        if (
-            isinstance(given, int | float | str)
-            and len(repr(given)) <= 80
-            and kind != "unsupported_parameter"
-        ):
-            text += f" Got {given!r}."
-    else:
-        text = f"Invalid request body: {message[:1].lower()}{message[1:]}."
-    return error_body(text, param=param, code=_error_code(kind))

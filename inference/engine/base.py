@@ -78,6 +78,9 @@ class GenerationRequest:
 
     messages: list[dict[str, Any]] | None = None
     prompt: str | None = None
+    # A chat's tools (OpenAI's `tools` list): given to a chat template that reads `tools`, else described in the
+    # system message (engine/chat_template.py `render_chat`).
+    tools: list[dict[str, Any]] | None = None
     sampling: SamplingParams = field(default_factory=SamplingParams)
     max_tokens: int | None = None  # None: until the context is full
     stop: tuple[str, ...] = ()

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.meta
 from jinja2 import nodes
 from jinja2.compiler import CodeGenerator
 from jinja2.ext import Extension
@@ -44,6 +45,7 @@ from jinja2.utils import Namespace
 
 from inference.engine.base import ContextLengthExceeded, InvalidRequest, ModelRefused
 from inference.engine.formats import read_json_object
+from inference.engine.tool_prompt import messages_with_tools_described
 
 MAX_TEMPLATE_CHARS = 1_000_000  # the largest real templates are some tens of kilobytes
 MAX_RENDERED_CHARS = 8_000_000  # about two million tokens: more than any model's context
@@ -418,6 +420,13 @@ def compile_chat_template(template: str) -> jinja2.Template:
         raise TemplateRefused(f"The chat template does not compile: {exc}") from exc
 
 
+@functools.lru_cache(maxsize=64)
+def template_uses_tools(template: str) -> bool:
+    """Whether the template reads the `tools` variable (Qwen, Llama 3.x, Mistral, ... templates do)."""
+    compile_chat_template(template)  # refuses what does not parse, with its message
+    return "tools" in jinja2.meta.find_undeclared_variables(_ENVIRONMENT.parse(template))
+
+
 def render_chat(
     template: str,
     messages: list[dict[str, Any]],
@@ -464,6 +473,18 @@ def render_chat(
         raise TemplateError(f"The model's chat template failed on this conversation: {exc}") from exc
     finally:
         _current_budget.reset(token)
+
+
+def render_chat_with_tools(
+    template: str, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None, **options: Any
+) -> str:
+    """`render_chat` for a request that may carry tools, as every backend renders one: a template that reads the
+    `tools` variable gets the tools and the conversation as they are; one that does not (where transformers would
+    leave the tools out) gets them described in the system message, earlier calls and tool results as text
+    (engine/tool_prompt.py)."""
+    if tools and not template_uses_tools(template):
+        messages, tools = messages_with_tools_described(messages, _plain_data(tools)), None
+    return render_chat(template, messages, tools=tools, **options)
 
 
 _REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
@@ -798,7 +819,8 @@ class ChatTemplate:
         tools: list[dict[str, Any]] | None = None,
         **extra: Any,
     ) -> str:
-        return render_chat(
+        """As `render_chat_with_tools`: tools described in the system message when the template has no `tools`."""
+        return render_chat_with_tools(
             self.template,
             messages,
             bos_token=self.bos_token,

@@ -16,9 +16,9 @@ from functools import lru_cache
 from typing import Any
 
 from inference.engine.base import InvalidRequest
+from inference.engine.tool_prompt import HERMES_CLOSE, HERMES_OPEN
 
 MAX_SCHEMA_BYTES = 64 * 1024
-HERMES_OPEN, HERMES_CLOSE = "<tool_call>\n", "\n</tool_call>"
 
 
 def _checked(schema: Any, param: str) -> dict[str, Any]:
@@ -86,7 +86,10 @@ def structure_for_tools(tools: Sequence[dict[str, Any]], tool_choice: str | dict
                         parallel: bool = False, open_tag: str = HERMES_OPEN, close_tag: str = HERMES_CLOSE
                         ) -> dict[str, Any]:
     """A forced call (tool_choice "required" or a named function): one call, or several with `parallel`, each
-    wrapped the way the model's template writes them (Hermes/Qwen by default)."""
+    wrapped the way the model's template writes them (Hermes/Qwen by default).
+
+    The grammar's root ends with the close tag: once the (last) call is closed, llama.cpp's grammar sampler leaves
+    only the end-of-generation tokens, so decoding ends right after the call instead of running to max_tokens."""
     return {"type": "tool_calls", "schema": tool_call_schema(tools, tool_choice), "open": open_tag,
             "close": close_tag, "parallel": bool(parallel)}
 
@@ -96,8 +99,12 @@ def structure_for_tools(tools: Sequence[dict[str, Any]], tool_choice: str | dict
 
 
 def compile_structure(structure: dict[str, Any]) -> str:
-    """GBNF text for a structure (cached: the same schema compiles once per process)."""
-    return _compile(json.dumps(structure, sort_keys=True))
+    """GBNF text for a structure (cached: the same schema compiles once per process).
+
+    The keys keep their order: llama.cpp writes an object's properties in the schema's order, so a call comes as
+    {"name": ..., "arguments": ...} (its name first, which lets its arguments stream) and a response format's
+    properties in the order the client gave them."""
+    return _compile(json.dumps(structure))
 
 
 @lru_cache(maxsize=128)

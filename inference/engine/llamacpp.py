@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 from inference.engine.backends import LLAMACPP
 from inference.engine.base import BackendUnavailable, GenerationRequest, ModelSpec
 from inference.engine.batch import KVCacheFull, Sampled, SavedKV, SlotWork
-from inference.engine.chat_template import conventional_template, render_chat
+from inference.engine.chat_template import conventional_template, render_chat_with_tools
 from inference.engine.llamacpp_sampling import (
     LlamaSampler,
     build_sampler,
@@ -363,8 +363,8 @@ class LlamaCppModel:
     def render_prompt(self, request: GenerationRequest) -> str:
         if request.prompt is not None:
             return request.prompt
-        return render_chat(self.chat_template, request.messages or [], bos_token=self.bos_text,
-                           eos_token=self.eos_text, add_generation_prompt=True)
+        return render_chat_with_tools(self.chat_template, request.messages or [], bos_token=self.bos_text,
+                                      eos_token=self.eos_text, add_generation_prompt=True, tools=request.tools)
 
     def tokenize(self, text: str) -> list[int]:
         """Special tokens parsed; BOS added (where the vocabulary wants one) unless the text starts with it."""

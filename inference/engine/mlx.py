@@ -30,7 +30,7 @@ from inference.engine.base import (
     ModelSpec,
 )
 from inference.engine.batch import KVCacheFull, Sampled, SavedKV, SlotWork
-from inference.engine.chat_template import ChatTemplate, render_chat
+from inference.engine.chat_template import ChatTemplate, render_chat_with_tools
 from inference.engine.formats import read_hf_config
 
 INSTALL_HINT = MLX.install_hint
@@ -138,12 +138,13 @@ class MlxBatchModel:
             raise InvalidRequest("Give exactly one of messages or prompt.")
         if request.prompt is not None:
             return request.prompt
-        return render_chat(
+        return render_chat_with_tools(
             self._find_chat_template(),
             request.messages,
             bos_token=self._tokenizer.bos_token or "",
             eos_token=self._tokenizer.eos_token or "",
             add_generation_prompt=True,
+            tools=request.tools,
         )
 
     def _find_chat_template(self) -> str:

@@ -8,7 +8,8 @@ Events (plain dicts, as the relay carries them):
 - "started": prompt_tokens, cached_tokens (reused from the prefix cache), dropped_messages (left out to fit);
 - "token": text (new complete characters), ids (every token id consumed since the previous "token" event, so a
   worker taking the job over can replay them and continue exactly where the text stopped), logprobs (when asked);
-- "done": finish_reason ("stop", "length", "cancelled"), counts, time_to_first_token, tokens_per_second.
+- "done": finish_reason ("stop", "length", "cancelled"), counts, time_to_first_token, tokens_per_second, and
+  stop_sequence: the stop string that ended the text, when one did.
 
 A job of n choices has one OutputProcessor per choice; the worker tags their events with the choice and publishes
 each one's "done" as a "choice_end" (inference/worker.py).
@@ -137,6 +138,8 @@ class OutputProcessor:
         }
         if self.cached_tokens:
             event["cached_tokens"] = self.cached_tokens
+        if self._stops.matched is not None:
+            event["stop_sequence"] = self._stops.matched
         if self.first_token_at is not None:
             event["time_to_first_token"] = self.first_token_at - self.started_at
         if self.completion_tokens > 1 and decode_seconds > 0:

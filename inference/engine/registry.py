@@ -93,6 +93,20 @@ class ModelCache:
     def loaded_models(self) -> list[LoadedModel]:
         return list(self._models.values())
 
+    def unload(self, paths: set[str]) -> int:
+        """Close the models loaded from any of `paths` that are not busy (an API client's unload); how many."""
+        closed = 0
+        with self._lock:
+            for key in [key for key in self._models if key[1] in paths]:
+                model = self._models[key]
+                if self.is_busy(model):
+                    continue
+                del self._models[key]
+                self.on_evict(model)
+                model.close()
+                closed += 1
+        return closed
+
     def clear(self) -> None:
         with self._lock:
             while self._models:

@@ -23,19 +23,22 @@ class StopStrings:
     """Holds back text that might be the start of a stop string; cuts at the first stop string found.
 
     feed() returns the text safe to emit now and whether a stop string was reached (text after it is
-    dropped, and the stop string itself is never emitted). flush() releases what was held back.
+    dropped, the stop string itself is never emitted, and `matched` says which one it was). flush() releases what
+    was held back.
     """
 
     def __init__(self, stops: tuple[str, ...] | list[str]):
         self.stops = tuple(s for s in stops if s)
         self._held = ""
+        self.matched: str | None = None
 
     def feed(self, text: str) -> tuple[str, bool]:
         if not self.stops:
             return text, False
         buffer = self._held + text
-        cut = min((i for i in (buffer.find(s) for s in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
+        found = [(at, stop) for stop in self.stops if (at := buffer.find(stop)) >= 0]
+        if found:
+            cut, self.matched = min(found, key=lambda hit: hit[0])
             self._held = ""
             return buffer[:cut], True
         keep = self._longest_stop_prefix_suffix(buffer)

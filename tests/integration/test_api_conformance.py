@@ -1,5 +1,6 @@
 """Hearth's responses validated against the schemas of OpenAI's published spec (openai/openai-openapi
-`openapi.yaml`; the parts these tests need are in tests/data/openai_response_schemas.json)."""
+`openapi.json`; the parts these tests need are in tests/data/openai_response_schemas.json): chat and text
+completions, models, embeddings, errors, and the Responses API's objects and stream events."""
 
 from __future__ import annotations
 
@@ -120,6 +121,29 @@ def test_errors_conform(embedded_server, method, path, body, status):
     response = call(embedded_server, method, path, body)
     assert response.status_code == status
     assert_conforms("ErrorResponse", response.json())
+
+
+@pytest.mark.parametrize("extra", [{}, {"max_output_tokens": 40, "instructions": "Be brief."},
+                                   {"text": {"format": {"type": "json_object"}}}])
+def test_responses_conform(embedded_server, extra):
+    body = {"model": "tiny", "input": "Hello", "max_output_tokens": 6, "temperature": 0, **extra}
+    response = call(embedded_server, "POST", "/v1/responses", body)
+    assert response.status_code == 200
+    assert_conforms("Response", response.json())
+    items = call(embedded_server, "GET", f"/v1/responses/{response.json()['id']}/input_items")
+    assert_conforms("ResponseItemList", items.json())
+
+
+def test_response_stream_events_conform(embedded_server):
+    body = {"model": "tiny", "input": [{"role": "user", "content": "Hello"}], "max_output_tokens": 6,
+            "temperature": 0, "stream": True}
+    with httpx.stream("POST", f"{embedded_server.base_url}/v1/responses", json=body, timeout=120,
+                      headers={"Authorization": f"Bearer {embedded_server.api_key}"}) as response:
+        events = [json.loads(line.removeprefix("data: ")) for line in response.iter_lines()
+                  if line.startswith("data: ")]
+    assert [e["type"] for e in events][:2] == ["response.created", "response.in_progress"]
+    for event in events:
+        assert_conforms("ResponseStreamEvent", event)
 
 
 def test_authentication_errors_conform(embedded_server):

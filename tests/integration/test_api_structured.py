@@ -78,7 +78,8 @@ def test_tool_calls_stream_as_deltas(embedded_server):
     assert finishes == ["tool_calls"]
     deltas = [tc for c in chunks for tc in (c.choices[0].delta.tool_calls or [])]
     assert deltas and deltas[0].function.name == "get_weather" and deltas[0].index == 0
-    assert "city" in json.loads(deltas[0].function.arguments)
+    assert deltas[0].function.arguments == "" and deltas[0].id.startswith("call_")
+    assert "city" in json.loads("".join(d.function.arguments for d in deltas[1:]))  # the pieces add up
 
 
 @pytest.mark.slow
@@ -149,3 +150,18 @@ def test_an_unusable_schema_is_a_400_naming_response_format(embedded_server):
                                                                      "schema": {"$ref": "https://x.test/s"}}}})
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "response_format"
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/chat/completions", {"messages": USER}),
+    ("/v1/chat/completions", {"messages": USER, "tools": WEATHER, "tool_choice": "required"}),
+    ("/v1/chat/completions", {"messages": USER, "logprobs": True}),
+    ("/v1/completions", {"prompt": "Once"}),
+])
+def test_an_unknown_backend_is_a_400_naming_backend(embedded_server, path, body):
+    response = httpx.post(f"{embedded_server.base_url}{path}", timeout=60,
+                          headers={"Authorization": f"Bearer {embedded_server.api_key}"},
+                          json={"model": "tiny", "max_tokens": 1, "backend": "tensorrt", **body})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "backend" and error["message"].startswith("Unknown backend 'tensorrt'")

@@ -10,6 +10,7 @@ import time
 import httpx
 import pytest
 
+from tests import servers
 from tests.conftest import openai_client
 
 needs_mlx = pytest.mark.skipif(importlib.util.find_spec("mlx") is None, reason="mlx is not installed here")
@@ -37,8 +38,20 @@ def test_it_serves_a_hugging_face_model_streamed_and_whole(embedded_server, mode
         assert "matrix-vector kernel unavailable" not in logs
 
 
+@pytest.fixture(scope="module")
+def short_grace_server(tmp_path_factory, tiny_hf):
+    """A server whose hung-up streams are stopped after 1 s: the tiny models write a whole context of tokens in
+    less than the default grace of 5 s on a fast machine, and a job that ends by itself shows no cancel."""
+    server = servers.start_embedded(tmp_path_factory.mktemp("short-grace"),
+                                    {"hf-tiny": tiny_hf, "hf-mlx": (tiny_hf, "mlx")},
+                                    HEARTH_RESUME_GRACE_SECONDS="1")
+    yield server
+    server.stop()
+
+
 @pytest.mark.parametrize("model", ["hf-tiny", pytest.param("hf-mlx", marks=needs_mlx)])
-def test_a_disconnecting_client_cancels_generation_on_every_backend(embedded_server, tiny_hf, model):
+def test_a_disconnecting_client_cancels_generation_on_every_backend(short_grace_server, tiny_hf, model):
+    embedded_server = short_grace_server
     never_end = {str(i): -100 for i in special_token_ids(tiny_hf).values()}
     body = {"model": model, "messages": [{"role": "user", "content": "go on"}], "stream": True,
             "max_tokens": 3500, "logit_bias": never_end}

@@ -1,4 +1,5 @@
-"""The OpenAI request, response and error schemas, read against the OpenAI spec (openapi.yaml)."""
+"""The OpenAI request schemas (api/schemas/openai.py) and response, chunk and error builders
+(api/schemas/openai_output.py), read against the OpenAI spec (openapi.yaml)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from api.schemas import openai as schemas
+from api.schemas import openai_output as output
 from api.schemas.openai import ChatCompletionRequest, CompletionRequest
 from inference.engine.base import GenerationRequest
 from inference.engine.sampling import SamplingParams
@@ -26,7 +28,7 @@ def text(**fields) -> dict:
 def openai_error(request_class, body: dict) -> dict:
     with pytest.raises(ValidationError) as caught:
         request_class.model_validate(body)
-    return schemas.validation_error_to_openai(caught.value)["error"]
+    return output.validation_error_to_openai(caught.value)["error"]
 
 
 # --- requests that parse -------------------------------------------------------------------------
@@ -224,7 +226,7 @@ def test_it_reads_errors_in_django_ninjas_shape():
         {"type": "less_than_equal", "loc": ("body", "payload", "temperature"), "msg": "too hot", "input": 9}
     ]
 
-    error = schemas.validation_error_to_openai(errors, skip_loc=2)["error"]
+    error = output.validation_error_to_openai(errors, skip_loc=2)["error"]
 
     assert error["param"] == "temperature"
     assert error["message"] == "Invalid 'temperature': too hot. Got 9."
@@ -367,6 +369,42 @@ def test_it_hands_the_chat_template_plain_message_dicts(message, expected):
     assert schemas.ChatMessage.model_validate(message).to_engine_message() == expected
 
 
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+
+
+def test_it_hands_the_tools_to_the_engine_beside_the_messages():
+    """The worker gives them to a chat template that reads `tools`, or describes them (inference/engine)."""
+    history = [{"role": "user", "content": "Weather?"},
+               {"role": "assistant", "tool_calls": [{"id": "call_1", "type": "function",
+                                                     "function": {"name": "get_weather", "arguments": "{}"}}]},
+               {"role": "tool", "content": "Sunny", "tool_call_id": "call_1"}]
+
+    engine = ChatCompletionRequest.model_validate(chat(messages=history, tools=[WEATHER])).to_generation_request()
+
+    assert engine.tools == [WEATHER]
+    assert engine.messages == [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": None, "tool_calls": history[1]["tool_calls"]},
+        {"role": "tool", "content": "Sunny", "tool_call_id": "call_1"},
+    ]
+    assert engine.structure is None  # "auto": the model may answer or call
+
+
+@pytest.mark.parametrize("tool_choice, parallel, calls", [
+    ("required", None, False), ({"type": "function", "function": {"name": "get_weather"}}, None, False),
+    ("required", True, True), ("required", False, False),
+])
+def test_a_forced_tool_call_is_one_call_unless_parallel_calls_are_asked_for(tool_choice, parallel, calls):
+    engine = ChatCompletionRequest.model_validate(chat(tools=[WEATHER], tool_choice=tool_choice,
+                                                       parallel_tool_calls=parallel)).to_generation_request()
+    assert engine.structure["type"] == "tool_calls" and engine.structure["parallel"] is calls
+
+
+def test_tool_choice_none_leaves_the_tools_out():
+    engine = ChatCompletionRequest.model_validate(chat(tools=[WEATHER], tool_choice="none")).to_generation_request()
+    assert engine.tools is None and engine.structure is None
+
+
 def test_it_builds_the_engine_request_for_a_text_completion():
     request = CompletionRequest.model_validate(text(prompt=["Once"], stop=["."], seed=1))
 
@@ -407,7 +445,7 @@ ID, CREATED, MODEL = "chatcmpl-1", 1_700_000_000, "gemma-3-270m"
 
 
 def test_it_builds_a_chat_completion_with_the_specs_keys():
-    body = schemas.chat_completion(
+    body = output.chat_completion(
         ID, CREATED, MODEL, content="Hi!", finish_reason="stop", prompt_tokens=7, completion_tokens=3
     )
 
@@ -432,7 +470,7 @@ def test_it_builds_a_chat_completion_with_the_specs_keys():
     ids=["role chunk", "content chunk", "finish chunk"],
 )
 def test_it_builds_chat_chunks_with_the_specs_keys(fields, delta, finish_reason):
-    chunk = schemas.chat_chunk(ID, CREATED, MODEL, **fields)
+    chunk = output.chat_chunk(ID, CREATED, MODEL, **fields)
 
     assert set(chunk) == CHUNK_KEYS
     assert chunk["object"] == "chat.completion.chunk"
@@ -444,14 +482,14 @@ def test_it_builds_chat_chunks_with_the_specs_keys(fields, delta, finish_reason)
 
 
 def test_it_gives_every_chunk_a_null_usage_when_usage_was_asked_for():
-    chunk = schemas.chat_chunk(ID, CREATED, MODEL, content="x", include_usage=True)
+    chunk = output.chat_chunk(ID, CREATED, MODEL, content="x", include_usage=True)
 
     assert set(chunk) == CHUNK_KEYS | {"usage"}
     assert chunk["usage"] is None
 
 
 def test_it_ends_a_stream_with_a_usage_chunk_without_choices():
-    chunk = schemas.usage_chunk(ID, CREATED, MODEL, prompt_tokens=5, completion_tokens=2)
+    chunk = output.usage_chunk(ID, CREATED, MODEL, prompt_tokens=5, completion_tokens=2)
 
     assert set(chunk) == CHUNK_KEYS | {"usage"}
     assert chunk["choices"] == []
@@ -460,7 +498,7 @@ def test_it_ends_a_stream_with_a_usage_chunk_without_choices():
 
 
 def test_it_builds_a_text_completion_with_the_specs_keys():
-    body = schemas.completion(
+    body = output.completion(
         "cmpl-1",
         CREATED,
         MODEL,
@@ -478,8 +516,8 @@ def test_it_builds_a_text_completion_with_the_specs_keys():
 
 
 def test_it_streams_text_completions_as_text_completion_objects():
-    chunk = schemas.completion_chunk("cmpl-1", CREATED, MODEL, text=" there")
-    last = schemas.completion_usage_chunk("cmpl-1", CREATED, MODEL, prompt_tokens=4, completion_tokens=1)
+    chunk = output.completion_chunk("cmpl-1", CREATED, MODEL, text=" there")
+    last = output.usage_chunk("cmpl-1", CREATED, MODEL, prompt_tokens=4, completion_tokens=1, object="text_completion")
 
     assert set(chunk) == COMPLETION_KEYS - {"usage"}
     assert chunk["object"] == last["object"] == "text_completion"
@@ -491,33 +529,43 @@ def test_it_streams_text_completions_as_text_completion_objects():
 
 BUILT = [
     (
-        schemas.ChatCompletion,
-        schemas.chat_completion(
+        output.ChatCompletion,
+        output.chat_completion(
             ID, CREATED, MODEL, content="Hi", finish_reason="stop", prompt_tokens=1, completion_tokens=1
         ),
     ),
-    (schemas.ChatCompletionChunk, schemas.chat_chunk(ID, CREATED, MODEL, role="assistant", content="")),
-    (schemas.ChatCompletionChunk, schemas.chat_chunk(ID, CREATED, MODEL, content="Hi", include_usage=True)),
+    (output.ChatCompletionChunk, output.chat_chunk(ID, CREATED, MODEL, role="assistant", content="")),
+    (output.ChatCompletionChunk, output.chat_chunk(ID, CREATED, MODEL, content="Hi", include_usage=True)),
     (
-        schemas.ChatCompletionChunk,
-        schemas.chat_chunk(ID, CREATED, MODEL, finish_reason="stop", system_fingerprint="fp_1"),
+        output.ChatCompletionChunk,
+        output.chat_chunk(ID, CREATED, MODEL, finish_reason="stop", system_fingerprint="fp_1"),
     ),
     (
-        schemas.ChatCompletionChunk,
-        schemas.usage_chunk(ID, CREATED, MODEL, prompt_tokens=1, completion_tokens=1),
+        output.ChatCompletionChunk,
+        output.usage_chunk(ID, CREATED, MODEL, prompt_tokens=1, completion_tokens=1),
     ),
     (
-        schemas.Completion,
-        schemas.completion(
+        output.Completion,
+        output.completion(
             ID, CREATED, MODEL, text="Hi", finish_reason="stop", prompt_tokens=1, completion_tokens=1
         ),
     ),
-    (schemas.CompletionChunk, schemas.completion_chunk(ID, CREATED, MODEL, text="Hi", include_usage=True)),
+    (output.CompletionChunk, output.completion_chunk(ID, CREATED, MODEL, text="Hi", include_usage=True)),
     (
-        schemas.CompletionChunk,
-        schemas.completion_usage_chunk(ID, CREATED, MODEL, prompt_tokens=1, completion_tokens=1),
+        output.CompletionChunk,
+        output.usage_chunk(ID, CREATED, MODEL, prompt_tokens=1, completion_tokens=1, object="text_completion"),
     ),
-    (schemas.ErrorResponse, schemas.error_body("No such model", param="model", code="model_not_found")),
+    (output.ErrorResponse, output.error_body("No such model", param="model", code="model_not_found")),
+    (
+        output.ChatCompletion,
+        output.chat_completion(ID, CREATED, MODEL, content=None, finish_reason="tool_calls", prompt_tokens=1,
+                               completion_tokens=1,
+                               tool_calls=[output.tool_call("call_1", "get_weather", '{"city": "Oslo"}')]),
+    ),
+    (output.ChatCompletionChunk,
+     output.chat_chunk(ID, CREATED, MODEL, tool_calls=[output.tool_call_start(0, "call_1", "get_weather")])),
+    (output.ChatCompletionChunk,
+     output.chat_chunk(ID, CREATED, MODEL, tool_calls=[output.tool_call_arguments(0, '{"city": ')])),
 ]
 
 
@@ -529,7 +577,7 @@ def test_the_response_models_describe_exactly_what_the_builders_send(response_mo
 
 
 def test_it_lists_models_in_the_specs_shape():
-    models = schemas.ModelList(data=[schemas.Model(id="gemma-3-270m", created=CREATED, owned_by="hearth")])
+    models = output.ModelList(data=[output.Model(id="gemma-3-270m", created=CREATED, owned_by="hearth")])
 
     assert models.model_dump() == {
         "object": "list",
@@ -538,7 +586,7 @@ def test_it_lists_models_in_the_specs_shape():
 
 
 def test_it_wraps_errors_in_the_specs_envelope():
-    body = schemas.error_body("The model `x` does not exist", param="model", code="model_not_found")
+    body = output.error_body("The model `x` does not exist", param="model", code="model_not_found")
 
     assert set(body) == {"error"}
     assert set(body["error"]) == ERROR_KEYS
@@ -549,7 +597,7 @@ def test_it_wraps_errors_in_the_specs_envelope():
     "engine, openai", [("stop", "stop"), ("length", "length"), ("cancelled", "stop"), (None, None)]
 )
 def test_it_translates_the_engines_finish_reasons(engine, openai):
-    assert schemas.openai_finish_reason(engine) == openai
+    assert output.openai_finish_reason(engine) == openai
 
 
 def _official_client_types():
@@ -561,12 +609,12 @@ def _official_client_types():
 # it; there `finish_reason` is not nullable, though OpenAI itself streams null until the last chunk.
 # So that one chunk is left out; everything else must pass the client's types with validation on.
 CLIENT_READABLE = [
-    (model, body) for model, body in BUILT if model not in (schemas.ErrorResponse, schemas.CompletionChunk)
+    (model, body) for model, body in BUILT if model not in (output.ErrorResponse, output.CompletionChunk)
 ] + [
-    (schemas.CompletionChunk, schemas.completion_chunk(ID, CREATED, MODEL, finish_reason="stop")),
+    (output.CompletionChunk, output.completion_chunk(ID, CREATED, MODEL, finish_reason="stop")),
     (
-        schemas.CompletionChunk,
-        schemas.completion_usage_chunk(ID, CREATED, MODEL, prompt_tokens=1, completion_tokens=1),
+        output.CompletionChunk,
+        output.usage_chunk(ID, CREATED, MODEL, prompt_tokens=1, completion_tokens=1, object="text_completion"),
     ),
 ]
 
@@ -579,10 +627,10 @@ CLIENT_READABLE = [
 def test_the_official_openai_client_reads_what_the_builders_send(response_model, body):
     types = _official_client_types()
     client_type = {
-        schemas.ChatCompletion: types.chat.ChatCompletion,
-        schemas.ChatCompletionChunk: types.chat.ChatCompletionChunk,
-        schemas.Completion: types.Completion,
-        schemas.CompletionChunk: types.Completion,
+        output.ChatCompletion: types.chat.ChatCompletion,
+        output.ChatCompletionChunk: types.chat.ChatCompletionChunk,
+        output.Completion: types.Completion,
+        output.CompletionChunk: types.Completion,
     }[response_model]
 
     parsed = client_type.model_validate(body)

@@ -44,3 +44,10 @@ def test_it_holds_back_only_what_could_start_a_stop_string():
     filter_ = StopStrings(["###"])
     assert filter_.feed("abc#") == ("abc", False)
     assert filter_.feed("#x") == ("##x", False)
+
+
+def test_it_names_the_stop_string_found_first_in_the_text():
+    filter_ = StopStrings(["END", "Q:"])
+    assert filter_.matched is None
+    assert filter_.feed("answer Q: more END") == ("answer ", True)
+    assert filter_.matched == "Q:"

@@ -58,7 +58,7 @@ class TorchBatchModel:
             raise InvalidRequest("Give exactly one of messages or prompt.")
         if request.prompt is not None:
             return request.prompt
-        return self.chat_template.render(request.messages, add_generation_prompt=True)
+        return self.chat_template.render(request.messages, add_generation_prompt=True, tools=request.tools)
 
     def tokenize(self, text: str) -> list[int]:
         """Special tokens in the text become their ids; BOS is added only when the text lacks it."""
