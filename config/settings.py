@@ -227,6 +227,8 @@ backend_settings("HEARTH_DEFAULT_BACKEND", HEARTH_DEFAULT_BACKEND, "HEARTH_FALLB
 # Request bodies over this are refused with 413 (API) before they are read.
 HEARTH_MAX_BODY_BYTES = env_bytes("HEARTH_MAX_BODY_BYTES", 16 * 1024**2)
 DATA_UPLOAD_MAX_MEMORY_SIZE = HEARTH_MAX_BODY_BYTES
+# The largest conversations file the Export / import page takes (webui.exports).
+HEARTH_MAX_IMPORT_BYTES = env_bytes("HEARTH_MAX_IMPORT_BYTES", 32 * 1024**2)
 # Model uploads arrive in chunks of a few MiB; this caps the whole file (or a folder's files together).
 HEARTH_MAX_UPLOAD_BYTES = env_bytes("HEARTH_MAX_UPLOAD_BYTES", 64 * 1024**3)
 # Unfinished uploads that received nothing for this long are swept away (their .part files and folders).

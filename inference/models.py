@@ -144,6 +144,20 @@ class ModelConversion(models.Model):
     def __str__(self) -> str:
         return f"{self.source} → {self.target} ({self.status})"
 
+    @property
+    def options_text(self) -> str:
+        """The options as a person reads them: "4-bit", "Q4_K_M", "keep dtype" (not {'bits': None})."""
+        options = self.options if isinstance(self.options, dict) else {}
+        parts = []
+        for key, value in options.items():
+            if key == "bits":
+                parts.append("keep dtype" if value in (None, "") else f"{value}-bit")
+            elif key == "type":
+                parts.append(str(value).upper() if value else "default type")
+            elif value not in (None, ""):
+                parts.append(f"{key.replace('_', ' ')} {value}")
+        return ", ".join(parts)
+
 
 class ModelPull(models.Model):
     """A model fetched from the Hugging Face Hub in the background (inference/pulls.py); the result joins the

@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from webui.models import Conversation, Message, Upload
+from webui.models import Conversation, Message, SharedConversation, Upload
 
 
 class MessageInline(admin.TabularInline):
@@ -25,3 +25,11 @@ class UploadAdmin(admin.ModelAdmin):
     list_display = ("filename", "name", "owner", "status", "received", "size", "created_at")
     list_filter = ("status",)
     readonly_fields = ("received",)
+
+
+@admin.register(SharedConversation)
+class SharedConversationAdmin(admin.ModelAdmin):
+    list_display = ("title", "owner", "token", "created_at", "revoked_at")
+    search_fields = ("title", "owner__username")
+    raw_id_fields = ("conversation",)
+    readonly_fields = ("token", "snapshot", "created_at")

@@ -11,7 +11,9 @@ Server → client: {"type": "accepted", "conversation": id, "title": text, "mess
                   "user_message": id (send and edit), "versions": {"index", "count", "prev", "next"} of
                   the reply (regenerate) or of the user message (edit)}
                  {"type": "event", "job": id, "index": n, "event": {...relay event...}}
-                 {"type": "queue", "job": id, "position": n}  (until the job's first event: its place in line)
+                 {"type": "queue", "job": id, "position": n}  (until the job's first event: its place in line;
+                  null once a worker has it and loads the model; the page then shows "reading the prompt" from
+                  the "started" event until the first token)
                  {"type": "error", "message": text, "code": code, "param": where (invalid text only)}
 Messages are JSON text frames whose strings hold no NUL or lone surrogate (config.text); any other frame gets an
 error message back, and the socket stays open.
@@ -229,11 +231,12 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             interval = settings.HEARTH_STREAM_INTERVAL_MS / 1000
             try:
                 started = after > 0
+                place = ...  # the last place in line sent (None: a worker has it; ...: nothing sent yet)
                 if not started:
-                    await self._send_queue_position(job_id)
+                    place = await self._send_queue_position(job_id, place)
                 async for batch in follow(job_id, after, interval=interval):
                     if not batch and not started:
-                        await self._send_queue_position(job_id)
+                        place = await self._send_queue_position(job_id, place)
                     for index, event in batch:
                         started = True
                         after = index
@@ -253,11 +256,13 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         finally:
             self.streams.pop(job_id, None)
 
-    async def _send_queue_position(self, job_id: str) -> None:
-        """Until its first event, where the job stands in line (users are served in turn)."""
+    async def _send_queue_position(self, job_id: str, last) -> int | None:
+        """Until its first event, where the job stands in line (users are served in turn); out of the line and
+        not started yet (position null), a worker has it and is loading the model."""
         position = (await database_sync_to_async(queue_positions)()).get(job_id)
-        if position is not None:
+        if position != last:  # sent when it changes
             await self.send_json({"type": "queue", "job": job_id, "position": position})
+        return position
 
     @sync_to_async
     def _settle(self, job_id: str) -> None:

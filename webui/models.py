@@ -8,6 +8,7 @@ the thread the model sees.
 
 from __future__ import annotations
 
+import secrets
 import uuid
 
 from django.conf import settings
@@ -85,3 +86,28 @@ class Upload(models.Model):
 
     def __str__(self) -> str:
         return f"{self.filename} ({self.received}/{self.size})"
+
+
+def share_token() -> str:
+    return secrets.token_urlsafe(18)
+
+
+class SharedConversation(models.Model):
+    """A read-only snapshot of a conversation's thread on screen, at a link (`/s/<token>/`) that any logged-in
+    member of this Hearth can open. Later messages do not change it; its owner revokes it (or deletes the
+    conversation, which removes its links)."""
+
+    token = models.CharField(max_length=32, unique=True, default=share_token, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="shared_conversations")
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="shares")
+    title = models.CharField(max_length=200)
+    # {"model": name or null, "system_prompt": "...", "messages": [{"role", "content", "model"}]}
+    snapshot = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.title} ({self.token})"

@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from webui import views
+from webui import views, views_diagrams, views_exports
 
 app_name = "webui"
 
@@ -13,6 +13,13 @@ urlpatterns = [
     path("c/<int:conversation_id>/delete/", views.conversation_delete, name="conversation_delete"),
     path("c/<int:conversation_id>/settings/", views.conversation_settings, name="conversation_settings"),
     path("c/<int:conversation_id>/show/<int:message_id>/", views.version_show, name="version_show"),
+    path("c/<int:conversation_id>/export/", views_exports.conversation_export, name="conversation_export"),
+    path("conversations/export/", views_exports.conversations_export, name="conversations_export"),
+    path("conversations/import/", views_exports.conversations_import, name="conversations_import"),
+    path("c/<int:conversation_id>/share/", views_exports.conversation_share, name="conversation_share"),
+    path("s/<str:token>/", views_exports.shared, name="shared"),
+    path("s/<str:token>/revoke/", views_exports.share_revoke, name="share_revoke"),
+    path("diagram-frame/", views_diagrams.diagram_frame, name="diagram_frame"),
     path("playground/", views.playground, name="playground"),
     path("jobs/", views.jobs, name="jobs"),
     path("jobs/<uuid:job_id>/cancel/", views.job_cancel, name="job_cancel"),

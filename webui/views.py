@@ -140,9 +140,10 @@ def model_library(request):
         loaded = None
     rows = [{"model": m, "backend": choose_backend(m.format, m.backend), "context": effective_context(m),
              "load_state": _load_state(m, loaded)} for m in models]
-    unfinished = (Upload.objects.filter(owner=request.user, status=Upload.Status.RECEIVING)[:20]
-                  if request.user.is_staff else [])
     names = {row["model"].name for row in rows}
+    # An upload under a name the library already has (imported since, another way) is no longer unfinished.
+    unfinished = (Upload.objects.filter(owner=request.user, status=Upload.Status.RECEIVING).exclude(name__in=names)[:20]
+                  if request.user.is_staff else [])
     return render(request, "webui/models.html", {
         "rows": rows, "unfinished": unfinished, "max_upload": uploads.max_upload_bytes(),
         "chunk_bytes": min(4 * 1024**2, uploads.MAX_CHUNK_BYTES),

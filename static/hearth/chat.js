@@ -134,7 +134,7 @@
       requestAnimationFrame(() => {
         for (const n of renderQueued) setText(n, n._raw);
         renderQueued = new Set();
-        list.lastElementChild && list.lastElementChild.scrollIntoView({block: "end"});
+        follow();
       });
     }
     renderQueued.add(node);
@@ -151,7 +151,36 @@
   function append(node) {
     list.appendChild(node);
     node.scrollIntoView({block: "end"});
+    atBottom = true;
     return node;
+  }
+
+  // Auto-scroll follows a streaming reply only while the reader is at the bottom; scrolled up, a
+  // "Jump to latest" button appears instead (static/hearth/chat_polish.js shows and hides it).
+  let atBottom = true;
+  list.addEventListener("scroll", () => {
+    atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+    list.dispatchEvent(new CustomEvent("hearth:follow", {detail: {atBottom, behind: false}}));
+  }, {passive: true});
+  function follow() {
+    if (atBottom) list.scrollTop = list.scrollHeight;
+    else list.dispatchEvent(new CustomEvent("hearth:follow", {detail: {atBottom, behind: true}}));
+  }
+
+  // What the reply is waiting for before its first token: queued, loading the model, reading the prompt.
+  function stage(node, text) {
+    let note = node.querySelector(".queue-note");
+    if (!text) {
+      if (note) note.remove();
+      return;
+    }
+    if (!note) {
+      note = document.createElement("div");
+      note.className = "queue-note muted";
+      note.setAttribute("role", "status");
+      node.prepend(note);
+    }
+    note.textContent = text;
   }
 
   // ---- streaming ----
@@ -167,22 +196,15 @@
   function onQueue(jobId, position) {
     const reply = replies.get(jobId);
     if (!reply || reply.index > 0) return; // it has started
-    let note = reply.node.querySelector(".queue-note");
-    if (!note) {
-      note = document.createElement("div");
-      note.className = "queue-note muted";
-      note.setAttribute("role", "status");
-      reply.node.prepend(note);
-    }
-    note.textContent = position === 1 ? "Next in line…" : `Waiting in line: ${position - 1} ahead…`;
+    if (!position) stage(reply.node, "Loading the model…");
+    else stage(reply.node, position === 1 ? "Queued: next in line…" : `Queued: position ${position} (${position - 1} ahead)…`);
   }
 
   function onEvent(jobId, index, event) {
     const reply = replies.get(jobId);
     if (!reply || index <= reply.index) return; // already shown: never duplicate
     reply.index = index;
-    const queueNote = reply.node.querySelector(".queue-note");
-    if (queueNote) queueNote.remove();
+    stage(reply.node, event.kind === "started" ? "Reading the prompt…" : "");
     if (event.kind === "started" && event.dropped_messages && !reply.node.querySelector(".context-note")) {
       const note = document.createElement("div");
       note.className = "context-note";
@@ -224,6 +246,7 @@
       chat.dataset.conversation = conversation;
       history.replaceState(null, "", `/c/${conversation}/`);
       if (settingsForm) settingsForm.action = `/c/${conversation}/settings/`;
+      chat.dispatchEvent(new CustomEvent("hearth:conversation", {detail: {id: conversation, title: data.title}}));
     }
     if (!pending) return;
     const {user, reply, versionsOn} = pending;
@@ -237,6 +260,7 @@
     reply.classList.remove("pending");
     if (data.versions) setVersions(versionsOn === "user" ? user : reply, data.versions);
     track(data.job, reply, 0);
+    stage(reply, "Waiting for the model…");
   }
 
   function connect() {
@@ -278,7 +302,10 @@
   }
 
   function ready() {
-    if (activeJob || pending) return false;
+    if (activeJob || pending) {
+      say("A reply is still streaming: your message is kept; send it when the reply ends, or press Esc to stop.");
+      return false;
+    }
     if (!socket || socket.readyState !== WebSocket.OPEN) {
       say("Not connected yet; try again in a moment.", true);
       return false;
@@ -406,6 +433,7 @@
     if (activeJob && socket && socket.readyState === WebSocket.OPEN) {
       socket.send(JSON.stringify({type: "stop", job: activeJob}));
     }
+    prompt.focus();
   });
   list.addEventListener("click", (event) => {
     const target = event.target.closest("button");

@@ -31,7 +31,10 @@
       target.textContent = text;
       return;
     }
-    const html = window.marked.parse(text, {gfm: true, breaks: true, async: false});
+    // Math leaves the text before marked (which would eat its backslashes) and comes back after DOMPurify.
+    const rich = window.hearthRich;
+    const prepared = rich ? rich.extractMath(text) : {text, maths: []};
+    const html = window.marked.parse(prepared.text, {gfm: true, breaks: true, async: false});
     target.innerHTML = window.DOMPurify.sanitize(html, {FORBID_TAGS: ["style", "form", "input", "button"]});
     target.classList.add("markdown");
     for (const link of target.querySelectorAll("a[href]")) {
@@ -39,7 +42,7 @@
       link.rel = "noopener noreferrer";
     }
     for (const code of target.querySelectorAll("pre > code")) {
-      if (window.hljs) window.hljs.highlightElement(code);
+      if (window.hljs && !code.classList.contains("language-mermaid")) window.hljs.highlightElement(code);
       const pre = code.parentElement;
       const button = document.createElement("button");
       button.type = "button";
@@ -49,6 +52,7 @@
       button.addEventListener("click", () => copyText(code.textContent).then(() => flashCopied(button)));
       pre.appendChild(button);
     }
+    if (rich) rich.enhance(target, prepared.maths);
   }
 
   window.hearthMarkdown = {render, copyText, flashCopied};

@@ -188,12 +188,37 @@
       if (choice.skipped.length) status.append(` Left out: ${choice.skipped.join(", ")}.`);
       progress.value = progress.max;
     } catch (error) {
+      progress.hidden = true; // a full bar above "refused" would read as success
       say(`Upload refused: ${error.message}`, true);
     } finally {
       control.busy = false;
       startButton.disabled = false;
     }
   });
+
+  // An unfinished upload can be discarded (its received bytes are deleted).
+  const unfinished = document.getElementById("unfinished-uploads");
+  if (unfinished) {
+    unfinished.addEventListener("click", async (event) => {
+      const discard = event.target.closest("button.discard-upload");
+      if (!discard || !confirm(`Discard the unfinished upload of ${discard.dataset.name}?`)) return;
+      discard.disabled = true;
+      const result = await call(`/models/uploads/${discard.dataset.upload}/`, {method: "DELETE"});
+      if (!result.ok) {
+        discard.disabled = false;
+        say(`Could not discard it: ${message(result)}`, true);
+        return;
+      }
+      for (const key of Object.keys(localStorage)) {
+        if (localStorage.getItem(key) === discard.dataset.upload) localStorage.removeItem(key);
+      }
+      discard.closest("li").remove();
+      if (!unfinished.querySelector("li")) {
+        unfinished.previousElementSibling.remove(); // its heading
+        unfinished.remove();
+      }
+    });
+  }
 
   for (const deleteForm of document.querySelectorAll("form.delete-model")) {
     deleteForm.addEventListener("submit", (event) => {
