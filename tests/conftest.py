@@ -9,6 +9,7 @@ import pytest
 
 from tests import servers
 from tests.factories import CHATML, build_tiny_gguf, build_tiny_hf_dir
+from tests.hub_standin import HubStandin, add_tiny_repos
 
 
 @pytest.fixture(scope="session")
@@ -73,3 +74,12 @@ def openai_client(server: servers.HearthServer, api_key: str | None = None):
     from openai import OpenAI
 
     return OpenAI(base_url=f"{server.base_url}/v1", api_key=api_key or server.api_key, max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    """A stand-in Hugging Face Hub (tests/hub_standin.py) serving a tiny GGUF and a tiny safetensors repo."""
+    standin = HubStandin().start()
+    standin.tiny = add_tiny_repos(standin, tmp_path_factory.mktemp("hub"))
+    yield standin
+    standin.stop()

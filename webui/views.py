@@ -163,11 +163,16 @@ def _load_state(model, loaded: dict[str, list[str]] | None) -> str:
     return "loading" if model.running_jobs else "not loaded"
 
 
-@login_required
-def model_detail(request, name: str):
+def _model_or_404(name: str):
     model = inference_selectors.model_by_name(name)
     if model is None:
         raise Http404("No such model.")
+    return model
+
+
+@login_required
+def model_detail(request, name: str):
+    model = _model_or_404(name)
     template_note, template_text = "", model.chat_template
     if not model.chat_template:
         template_text, template_note = conventional_template(model.architecture)
@@ -192,9 +197,7 @@ def model_detail(request, name: str):
 @require_POST
 @staff_member_required
 def model_convert(request, name: str):
-    model = inference_selectors.model_by_name(name)
-    if model is None:
-        raise Http404("No such model.")
+    model = _model_or_404(name)
     target = request.POST.get("target", "")
     bits = int(request.POST["bits"]) if request.POST.get("bits", "").isdigit() else None
     try:
@@ -382,9 +385,7 @@ def pull_cancel(request, pull_id: int):
 @require_POST
 @admin_required
 def model_check_update(request, name: str):
-    model = inference_selectors.model_by_name(name)
-    if model is None:
-        raise Http404("No such model.")
+    model = _model_or_404(name)
     try:
         latest, newer = pulls.update_check(model)
     except EngineError as error:
@@ -402,9 +403,7 @@ def model_check_update(request, name: str):
 @require_POST
 @admin_required
 def model_pull_update(request, name: str):
-    model = inference_selectors.model_by_name(name)
-    if model is None:
-        raise Http404("No such model.")
+    model = _model_or_404(name)
     try:
         pull = pulls.update_pull_start(model, owner=request.user)
     except EngineError as error:
@@ -418,9 +417,7 @@ def model_pull_update(request, name: str):
 @require_POST
 @admin_required
 def model_delete(request, name: str):
-    model = inference_selectors.model_by_name(name)
-    if model is None:
-        raise Http404("No such model.")
+    model = _model_or_404(name)
     uploads.model_delete(model)
     flash.success(request, f"Deleted {name} from the library.")
     return redirect("webui:models")

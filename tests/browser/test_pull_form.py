@@ -9,18 +9,9 @@ from playwright.sync_api import expect
 
 from tests import servers
 from tests.browser.conftest import log_in, wait_for_js
-from tests.hub_standin import HubStandin, add_tiny_repos
 
 pytestmark = pytest.mark.browser
 Q4_SIZE = 4189952
-
-
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory):
-    standin = HubStandin().start()
-    standin.tiny = add_tiny_repos(standin, tmp_path_factory.mktemp("hub"))
-    yield standin
-    standin.stop()
 
 
 @pytest.fixture(scope="module")

@@ -19,20 +19,11 @@ from inference.engine.sampling import SamplingParams
 from inference.models import LocalModel, ModelPull
 from inference.specs import model_spec
 from tests.factories import tiny_gguf_parameter_count
-from tests.hub_standin import HubStandin, add_tiny_repos
 from tests.unit.batch_runs import run_one
 
 pytestmark = pytest.mark.django_db
 Q4_SIZE = 4189952  # tiny-Q4_K_M.gguf of acme/Tiny-GGUF: five 1 MiB chunks
 MiB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory):
-    standin = HubStandin().start()
-    standin.tiny = add_tiny_repos(standin, tmp_path_factory.mktemp("hub"))
-    yield standin
-    standin.stop()
 
 
 @pytest.fixture

@@ -9,17 +9,8 @@ import ollama
 import pytest
 
 from tests import servers
-from tests.hub_standin import HubStandin, add_tiny_repos
 
 Q4_SIZE = 4189952
-
-
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory):
-    standin = HubStandin().start()
-    standin.tiny = add_tiny_repos(standin, tmp_path_factory.mktemp("hub"))
-    yield standin
-    standin.stop()
 
 
 @pytest.fixture(scope="module")

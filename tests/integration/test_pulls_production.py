@@ -13,18 +13,9 @@ import psycopg
 import pytest
 
 from tests import servers
-from tests.hub_standin import HubStandin, add_tiny_repos
 
 pytestmark = pytest.mark.production
 MiB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory):
-    standin = HubStandin().start()
-    standin.tiny = add_tiny_repos(standin, tmp_path_factory.mktemp("hub"))
-    yield standin
-    standin.stop()
 
 
 @pytest.fixture(scope="module")
