@@ -3,6 +3,7 @@ from django.utils.html import format_html
 
 from api.models import ApiKey
 from api.selectors import keys_with_usage
+from api.services import key_create, key_revoke
 
 
 @admin.register(ApiKey)
@@ -35,7 +36,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         if change:
             super().save_model(request, obj, form, change)
             return
-        key, text = ApiKey.objects.issue(obj.owner, name=obj.name)
+        key, text = key_create(request.user, obj.owner, name=obj.name)
         ApiKey.objects.filter(pk=key.pk).update(requests_per_minute=obj.requests_per_minute,
                                                 max_concurrent_jobs=obj.max_concurrent_jobs)
         obj.pk = key.pk
@@ -44,5 +45,5 @@ class ApiKeyAdmin(admin.ModelAdmin):
     @admin.action(description="Revoke the selected keys")
     def revoke_keys(self, request, queryset):
         for key in queryset:
-            key.revoke()
+            key_revoke(request.user, key)
         messages.success(request, f"Revoked {queryset.count()} key(s).")

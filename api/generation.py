@@ -21,16 +21,17 @@ from django.http import HttpRequest, JsonResponse
 from api.errors import error_response
 from api.limits import check_concurrency
 from api.streaming import JobEvents, error_event_response
-from inference import selectors
+from inference import access
 from inference.engine.backends import find_backend, unknown_backend
 from inference.engine.base import EngineError
 from inference.selection import capability_refusal
 from inference.services import generation_start
 
 
-def model_or_404(name: str):
-    """(model, None), or (None, a 404 `model_not_found`) for a name this server does not serve."""
-    model = selectors.model_by_name(name)
+def model_or_404(name: str, user):
+    """(model, None), or (None, a 404 `model_not_found`) for a name this server does not serve to `user`: one it
+    does not have and one the user may not use (inference/access.py) get the same answer."""
+    model = access.model_for(user, name)
     if model is None:
         return None, error_response(
             f"The model {name!r} does not exist. GET /v1/models lists the models of this server.",
@@ -40,8 +41,11 @@ def model_or_404(name: str):
 
 
 def engine_error_response(error: EngineError) -> JsonResponse:
-    headers = {"Retry-After": str(error.retry_after)} if hasattr(error, "retry_after") else None
-    return error_response(error.message, status=error.status, code=error.code, headers=headers)
+    """The error's status and code; Retry-After when it has one, and its own headers (a used-up token quota's
+    x-ratelimit-*-tokens)."""
+    headers = {"Retry-After": str(error.retry_after)} if hasattr(error, "retry_after") else {}
+    headers.update(getattr(error, "headers", None) or {})
+    return error_response(error.message, status=error.status, code=error.code, headers=headers or None)
 
 
 def hearth_headers(first: dict[str, Any]) -> dict[str, str]:
@@ -63,7 +67,10 @@ class Started:
 
     @property
     def headers(self) -> dict[str, str]:
-        return {**hearth_headers(self.first), "x-hearth-job": str(self.jobs[0].id)}
+        """x-hearth-*, and where a token quota applies, the binding one's x-ratelimit-*-tokens (after this
+        request's reservation)."""
+        quota = next((job.quota for job in reversed(self.jobs) if getattr(job, "quota", None)), None)
+        return {**hearth_headers(self.first), "x-hearth-job": str(self.jobs[0].id), **(quota.headers if quota else {})}
 
 
 def _prompt_requests(body) -> list:
@@ -80,7 +87,7 @@ async def start_jobs(request: HttpRequest, body, kind: str, response: dict[str, 
     event: (Started, None), or (None, an error response).
 
     `response` is what shapes the answer (kept on the job, so that a resumed stream renders the same)."""
-    model, missing = await sync_to_async(model_or_404)(body.model)
+    model, missing = await sync_to_async(model_or_404)(body.model, request.auth.owner)
     if missing:
         return None, missing
     backend = getattr(body, "backend", None)

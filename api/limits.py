@@ -2,7 +2,10 @@
 
 The request counter lives in Redis in production (shared by every web process) and in this process otherwise
 (embedded mode has one web process). Concurrency is counted from the key's queued and running jobs in the database,
-so it holds across processes and survives restarts.
+so it holds across processes and survives restarts. `check_concurrency` here answers early (and refuses a request
+that could never fit with a 400); the check that holds under races is `inference.quotas.check_concurrency_locked`,
+made with the key's row locked in the transaction that creates the job (`services.generation_start`), which also
+reserves the request's tokens on its quotas.
 """
 
 from __future__ import annotations
@@ -12,14 +15,10 @@ import time
 from functools import cache
 
 from django.conf import settings
-from django.db.models import IntegerField, Sum, Value
-from django.db.models.fields.json import KT
-from django.db.models.functions import Cast, Coalesce
 
 from api.errors import error_response
-from inference.models import GenerationJob, JobStatus
+from inference.quotas import CONCURRENCY_RETRY_AFTER_SECONDS, active_sequences
 
-CONCURRENCY_RETRY_AFTER_SECONDS = 1
 WINDOW_SECONDS = 60
 
 
@@ -84,7 +83,7 @@ def check_concurrency(key, sequences: int = 1):
     limit = key.max_concurrent_jobs
     if limit is None:
         return None
-    active = _active_sequences(key)
+    active = active_sequences(key)
     if active + sequences <= limit:
         return None
     if sequences > limit:
@@ -96,9 +95,3 @@ def check_concurrency(key, sequences: int = 1):
         CONCURRENCY_RETRY_AFTER_SECONDS,
     )
 
-
-def _active_sequences(key) -> int:
-    """The generations of the key's queued and running jobs: a job of n choices counts n (its request's "n")."""
-    choices = Coalesce(Cast(KT("request__n"), IntegerField()), Value(1))
-    jobs = GenerationJob.objects.filter(api_key=key, status__in=(JobStatus.QUEUED, JobStatus.RUNNING))
-    return jobs.aggregate(total=Coalesce(Sum(choices), Value(0)))["total"]

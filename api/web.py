@@ -9,6 +9,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
+from api import services
 from api.models import ApiKey
 from api.selectors import keys_with_usage
 
@@ -30,7 +31,7 @@ def key_create(request):
     if len(name) > NAME_MAX_LENGTH:
         flash.error(request, f"A key's name has at most {NAME_MAX_LENGTH} characters.")
         return redirect("api_web:keys")
-    _key, text = ApiKey.objects.issue(request.user, name=name)
+    _key, text = services.key_create(request.user, request.user, name=name)
     # Shown on the next page view, once: the session forgets it there. Only its hash is stored.
     request.session["api_web_new_key"] = text
     return redirect("api_web:keys")
@@ -42,6 +43,6 @@ def key_revoke(request, key_id: int):
     key = ApiKey.objects.filter(owner=request.user, pk=key_id).first()
     if key is None:
         raise Http404("No such API key.")
-    key.revoke()
+    services.key_revoke(request.user, key)
     flash.success(request, f"The key {key.display} is revoked; requests with it now get 401.")
     return redirect("api_web:keys")

@@ -87,3 +87,16 @@ def backend_settings(default_name: str, default_backend: str, chains_name: str, 
     unknown = sorted({str(n) for name, chain in chains.items() for n in [name, *chain] if find_backend(str(n)) is None})
     if unknown:
         raise ImproperlyConfigured(f"{chains_name} names {', '.join(unknown)}, which is no backend; use {backend_names()}.")
+
+
+def env_url(name: str) -> str:
+    """An http(s) URL such as https://sso.example.com/realms/team, or "" when unset."""
+    from urllib.parse import urlsplit
+
+    raw = env_str(name)
+    if not raw:
+        return ""
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not an http(s) URL such as https://sso.example.com/realms/team.")
+    return raw

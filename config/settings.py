@@ -15,7 +15,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from config import redis as redis_config
-from config.env import backend_settings, env_bool, env_bytes, env_int, env_json, env_list, env_str
+from config.env import backend_settings, env_bool, env_bytes, env_int, env_json, env_list, env_str, env_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(env_str("HEARTH_DATA_DIR", str(BASE_DIR / "var"))).resolve()
@@ -149,6 +149,44 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/login/"
+
+# ---------------------------------------------------------------------------------------------------------
+# Single sign-on with an OpenID Connect provider (webui/sso.py over mozilla-django-oidc; docs/deployment.md). Unset
+# issuer: no SSO. The provider's endpoints come from <issuer>/.well-known/openid-configuration (cached an hour).
+HEARTH_OIDC_ISSUER = env_url("HEARTH_OIDC_ISSUER")
+HEARTH_OIDC_CLIENT_ID = env_str("HEARTH_OIDC_CLIENT_ID")
+HEARTH_OIDC_CLIENT_SECRET = env_str("HEARTH_OIDC_CLIENT_SECRET")
+# Email domains whose people may sign in (empty: any); the email must be verified by the provider.
+HEARTH_OIDC_ALLOWED_DOMAINS = [d.lower().removeprefix("@") for d in env_list("HEARTH_OIDC_ALLOWED_DOMAINS", [])]
+# The claim that lists a user's groups (a dotted path reaches into objects: realm_access.roles); on every sign-in the
+# user's Django groups become exactly these (set but empty: SSO leaves groups to Hearth's admins). Members of
+# HEARTH_OIDC_ADMIN_GROUPS are admins (is_staff); without admin groups SSO leaves is_staff alone.
+HEARTH_OIDC_GROUPS_CLAIM = env_str("HEARTH_OIDC_GROUPS_CLAIM", "groups")
+HEARTH_OIDC_ADMIN_GROUPS = env_list("HEARTH_OIDC_ADMIN_GROUPS", [])
+HEARTH_OIDC_PROVIDER_NAME = env_str("HEARTH_OIDC_PROVIDER_NAME", "single sign-on")
+HEARTH_OIDC_SCOPES = env_str("HEARTH_OIDC_SCOPES", "openid email profile")
+# Take the email claim as verified without email_verified: true (providers that never send it, e.g. Entra ID).
+HEARTH_OIDC_TRUST_EMAIL = env_bool("HEARTH_OIDC_TRUST_EMAIL", False)
+HEARTH_OIDC_TIMEOUT = env_int("HEARTH_OIDC_TIMEOUT", 10, minimum=1)
+# Password sign-in on the login page. Off: only SSO there; superusers keep a password door at /admin/login/.
+HEARTH_LOCAL_LOGIN = env_bool("HEARTH_LOCAL_LOGIN", True)
+if HEARTH_OIDC_ISSUER and not (HEARTH_OIDC_CLIENT_ID and HEARTH_OIDC_CLIENT_SECRET):
+    raise ImproperlyConfigured("HEARTH_OIDC_ISSUER is set: also set HEARTH_OIDC_CLIENT_ID and HEARTH_OIDC_CLIENT_SECRET "
+                               "(the client registered for Hearth at the provider).")
+if not HEARTH_OIDC_ISSUER and (HEARTH_OIDC_CLIENT_ID or HEARTH_OIDC_CLIENT_SECRET):
+    raise ImproperlyConfigured("HEARTH_OIDC_CLIENT_ID/SECRET are set without HEARTH_OIDC_ISSUER, the provider's URL.")
+if not HEARTH_LOCAL_LOGIN and not HEARTH_OIDC_ISSUER:
+    raise ImproperlyConfigured("HEARTH_LOCAL_LOGIN is off but no single sign-on is set up (HEARTH_OIDC_ISSUER): "
+                               "nobody could sign in.")
+if "openid" not in HEARTH_OIDC_SCOPES.split():
+    raise ImproperlyConfigured(f"HEARTH_OIDC_SCOPES={HEARTH_OIDC_SCOPES!r} lacks the scope 'openid'.")
+if HEARTH_OIDC_ADMIN_GROUPS and not HEARTH_OIDC_GROUPS_CLAIM:
+    raise ImproperlyConfigured("HEARTH_OIDC_ADMIN_GROUPS needs a groups claim, but HEARTH_OIDC_GROUPS_CLAIM is empty.")
+for _domain in HEARTH_OIDC_ALLOWED_DOMAINS:
+    if not re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)+", _domain):
+        raise ImproperlyConfigured(f"HEARTH_OIDC_ALLOWED_DOMAINS: {_domain!r} is not a domain such as example.com.")
+AUTHENTICATION_BACKENDS = ["webui.sso.PasswordBackend"] + (["webui.sso.OIDCBackend"] if HEARTH_OIDC_ISSUER else [])
+# ---------------------------------------------------------------------------------------------------------
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

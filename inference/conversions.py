@@ -11,6 +11,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from inference.audit import audit_record
 from inference.engine.base import EngineError, InvalidRequest
 from inference.models import JobStatus, LocalModel, ModelConversion
 from inference.services import model_import
@@ -29,8 +30,9 @@ def conversion_name(source: LocalModel, target: str, options: dict) -> str:
 
 
 def conversion_start(source: LocalModel, target: str, *, gguf_type: str = "f16", bits: int | None = None,
-                     name: str | None = None, dispatch: bool = True) -> ModelConversion:
-    """Queue a conversion; with dispatch, a worker runs it (else the caller runs conversion_run itself)."""
+                     name: str | None = None, dispatch: bool = True, actor=None) -> ModelConversion:
+    """Queue a conversion; with dispatch, a worker runs it (else the caller runs conversion_run itself). Recorded in
+    the audit trail as model.convert, or model.quantize when it quantizes (`actor`: who asked; None, a command)."""
     if source.format != "hf-safetensors":
         raise InvalidRequest(
             f"{source.name} is {source.get_format_display()}; Hearth converts Hugging Face safetensors models."
@@ -45,6 +47,9 @@ def conversion_start(source: LocalModel, target: str, *, gguf_type: str = "f16",
         raise InvalidRequest(f"The library already has {result_name!r}; choose another --name.")
     conversion = ModelConversion.objects.create(source=source, target=target, options=options,
                                                 result_name=result_name)
+    quantizes = (target == "gguf" and gguf_type.startswith("q")) or (target == "mlx" and bits is not None)
+    audit_record(actor, "model.quantize" if quantizes else "model.convert", source.name, to=target,
+                 options=options, result=result_name)
     if dispatch:
         conversion_id = conversion.pk
         transaction.on_commit(lambda: _send(conversion_id))
@@ -125,7 +130,7 @@ def conversion_run(conversion_id: int, converter: str = "") -> ModelConversion:
 
             written = convert_hf_to_mlx(conversion.source.path, destination, conversion.options.get("bits"),
                                         progress=report)
-        result = model_import(written, name=conversion.result_name)
+        result = model_import(written, name=conversion.result_name, audit_action=None)  # recorded when asked
     except Exception as error:
         message = error.message if isinstance(error, EngineError) else f"{type(error).__name__}: {error}"
         if not isinstance(error, EngineError):

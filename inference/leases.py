@@ -157,6 +157,9 @@ class Reaper:
                     failed += self._fail(job, JobStatus.QUEUED, NO_WORKER_TEXT)
             elif live:
                 self._resend_stale(now)
+            from inference.quotas import sweep
+
+            sweep()  # quota reservations of jobs that ended without settling, or vanished
             return requeued, failed
 
     def _resend_stale(self, now: float) -> None:
@@ -188,10 +191,14 @@ class Reaper:
     @staticmethod
     def _fail(job: GenerationJob, status: str, message: str) -> int:
         from inference.relay import get_relay
+        from inference.usage import job_ended
 
-        ended = GenerationJob.objects.filter(id=job.id, status=status, worker=job.worker).update(
-            status=JobStatus.FAILED, error_code="worker_lost", error_text=message, finished_at=timezone.now(),
-            lease_expires_at=None)
+        with transaction.atomic():
+            ended = GenerationJob.objects.filter(id=job.id, status=status, worker=job.worker).update(
+                status=JobStatus.FAILED, error_code="worker_lost", error_text=message, finished_at=timezone.now(),
+                lease_expires_at=None)
+            if ended:
+                job_ended(job.id)
         if ended:
             log.warning("job %s failed: %s", job.id, message)
             get_relay().publish_terminal(str(job.id), {

@@ -46,6 +46,10 @@ class LocalModel(models.Model):
     # The chat page's reply length when the conversation sets none (a user may raise it up to the context).
     default_max_tokens = models.PositiveIntegerField(
         default=1024, help_text="Longest reply of the chat page unless the conversation asks for more.")
+    # Who may use it (inference/access.py): everyone, or only the members of these groups (and admins).
+    open_to_everyone = models.BooleanField(
+        default=True, help_text="Every user may use this model; off: only the chosen groups' members and admins.")
+    allowed_groups = models.ManyToManyField("auth.Group", blank=True, related_name="models")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -218,3 +222,148 @@ class ModelPull(models.Model):
         """What was asked: "owner/name" with its file or quantization and revision."""
         choice = self.file or self.quant
         return self.repo + (f":{choice}" if choice else "") + (f"@{self.revision}" if self.revision != "main" else "")
+
+
+class AuditEvent(models.Model):
+    """Who did what, when: model, user, group, key and quota changes (inference/audit.py writes them)."""
+
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                              related_name="+")
+    actor_name = models.CharField(max_length=150, blank=True)  # kept when the actor's account is deleted
+    action = models.CharField(max_length=64, db_index=True)  # "model.upload", "key.revoke", "quota.set", …
+    target = models.CharField(max_length=255, blank=True)  # what it acted on, as a person reads it
+    details = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M} {self.actor_name} {self.action} {self.target}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Token quotas and usage (inference/quotas.py, inference/usage.py).
+
+
+class QuotaPeriod(models.TextChoices):
+    DAY = "day", "daily"
+    MONTH = "month", "monthly"
+
+
+class TokenQuota(models.Model):
+    """An admin's limit on prompt + completion tokens of one user, one group (its members together) or one API key
+    over a calendar day or month in the server's TIME_ZONE. Every quota that applies is checked: the smallest
+    wins."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE,
+                             related_name="+")
+    group = models.ForeignKey("auth.Group", null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    api_key = models.ForeignKey("api.ApiKey", null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    period = models.CharField(max_length=8, choices=QuotaPeriod.choices)
+    tokens = models.PositiveBigIntegerField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=(models.Q(user__isnull=False, group__isnull=True, api_key__isnull=True)
+                           | models.Q(user__isnull=True, group__isnull=False, api_key__isnull=True)
+                           | models.Q(user__isnull=True, group__isnull=True, api_key__isnull=False)),
+                name="quota_one_subject"),
+            models.UniqueConstraint(fields=["user", "period"], name="quota_user_period"),
+            models.UniqueConstraint(fields=["group", "period"], name="quota_group_period"),
+            models.UniqueConstraint(fields=["api_key", "period"], name="quota_key_period"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_period_display()} {self.tokens} tokens for {self.subject_label}"
+
+    @property
+    def scope(self) -> str:
+        return "user" if self.user_id else "group" if self.group_id else "key"
+
+    @property
+    def subject_label(self) -> str:
+        if self.user_id:
+            return f"user {self.user.get_username()}"
+        if self.group_id:
+            return f"group {self.group.name}"
+        return f"API key {self.api_key.prefix} ({self.api_key.name or 'unnamed'}, {self.api_key.owner})"
+
+
+class QuotaCounter(models.Model):
+    """A quota's tokens in one window: `used` (settled from finished jobs) and `reserved` (estimates of jobs not
+    finished yet). Admission is one conditional UPDATE per counter, so two requests cannot both take the last
+    tokens."""
+
+    quota = models.ForeignKey(TokenQuota, on_delete=models.CASCADE, related_name="counters")
+    window_start = models.DateField()
+    used = models.BigIntegerField(default=0)
+    reserved = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["quota", "window_start"], name="quota_counter_window")]
+
+
+class QuotaReservation(models.Model):
+    """A job's estimate held on the counters it was admitted on, until its end settles it to its real tokens.
+    `job_id` is not a foreign key: a reservation outlives a deleted job, and the sweep settles it (to 0)."""
+
+    job_id = models.UUIDField(unique=True)
+    tokens = models.BigIntegerField()
+    counters = models.JSONField(default=list)  # QuotaCounter ids
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+
+# Fixed log buckets of the usage rollups, so medians come from the rollups: bucket i holds values below EDGES[i]
+# (the last bucket: the rest). Time to first token in seconds; decode speed in tokens per second.
+TTFT_EDGES = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 51.2)
+TPS_EDGES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+BUCKETS = len(TTFT_EDGES) + 1
+
+
+class UsageCounts(models.Model):
+    """What the usage rollups count, per user, API key (0: the chat pages) and model."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    api_key_id = models.IntegerField(default=0)
+    model_name = models.CharField(max_length=128)
+    requests = models.IntegerField(default=0)
+    failures = models.IntegerField(default=0)
+    prompt_tokens = models.BigIntegerField(default=0)
+    completion_tokens = models.BigIntegerField(default=0)
+
+    class Meta:
+        abstract = True
+
+
+class UsageHour(UsageCounts):
+    """Jobs that ended in one hour (UTC): the busiest hours of the usage page. Written when a job ends
+    (inference/usage.py); `rebuild_usage` recomputes them from the jobs."""
+
+    hour = models.DateTimeField()
+    # The hour's date and hour of the day in TIME_ZONE, written with it (rebuild_usage after changing TIME_ZONE).
+    day = models.DateField()
+    hour_of_day = models.SmallIntegerField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["hour", "user", "api_key_id", "model_name"],
+                                               name="usage_hour_row")]
+        indexes = [models.Index(fields=["day"])]  # (hour first: the unique constraint's index)
+
+
+class UsageDay(UsageCounts):
+    """Jobs that ended on one day (TIME_ZONE), with histograms of their speed: the usage page's charts, its CSV and
+    the quotas' windows read these (a year is at most 366 rows per user, key and model)."""
+
+    day = models.DateField()
+    # Histograms: ttft_i / tps_i count the jobs in bucket i (TTFT_EDGES, TPS_EDGES).
+    for _i in range(BUCKETS):
+        vars()[f"ttft_{_i}"] = models.IntegerField(default=0)
+        vars()[f"tps_{_i}"] = models.IntegerField(default=0)
+    del _i
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["day", "user", "api_key_id", "model_name"],
+                                               name="usage_day_row")]

@@ -38,6 +38,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from inference import hub
+from inference.audit import audit_record
 from inference.engine.base import EngineError, InvalidRequest
 from inference.models import FINISHED_STATUSES, JobStatus, LocalModel, ModelPull, model_id_validator
 from inference.services import default_model_name, model_import
@@ -116,6 +117,7 @@ def pull_start(repo: str, *, file: str = "", quant: str = "", revision: str = "m
     sweep_stale()
     pull = ModelPull.objects.create(repo=repo, revision=revision, file=file, quant=quant, result_name=name,
                                     owner=owner)
+    audit_record(owner, "model.pull", pull.label, name=name)
     if dispatch:
         pull_id = pull.pk
         transaction.on_commit(lambda: _send(pull_id))
@@ -514,7 +516,7 @@ def _place(chosen: hub.Plan, staging: Path, name: str) -> tuple[Path, Path]:
 
 def _import(placed: Path, name: str, found: hub.Listing, chosen: hub.Plan) -> LocalModel:
     try:
-        model = model_import(placed, name=name)
+        model = model_import(placed, name=name, audit_action=None)  # recorded when the pull was asked for
     except EngineError as error:
         raise hub.HubError(f"{found.repo} at {found.commit[:12]} did not pass the library's check: {error.message}",
                            code="invalid_model") from None
@@ -648,14 +650,15 @@ def error_status(code: str) -> int:
     return ERROR_STATUS.get(code or "", 400)
 
 
-def pulled_model(reference: str) -> LocalModel | None:
+def pulled_model(reference: str, among=None) -> LocalModel | None:
     """The library model pulled as `reference` ("hf.co/owner/name:Q4_K_M", "owner/name"): the latest pull of that
-    repo, of that quantization or file when the name has one."""
+    repo, of that quantization or file when the name has one; `among`: only those models (a queryset)."""
     try:
         repo, tag = hub.parse_reference(reference)
     except hub.HubError:
         return None
-    for model in LocalModel.objects.filter(provenance__repo__iexact=repo).order_by("-created_at"):
+    models = LocalModel.objects.all() if among is None else among
+    for model in models.filter(provenance__repo__iexact=repo).order_by("-created_at"):
         provenance = model.provenance
         files = [Path(f.get("name", "")).name.lower() for f in provenance.get("files", [])]
         if not tag or tag.lower() in (str(provenance.get("quant", "")).lower(), *files):

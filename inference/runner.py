@@ -29,7 +29,7 @@ from functools import cache
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, transaction
 from django.utils import timezone
 
 from inference import metrics
@@ -43,6 +43,7 @@ from inference.models import GenerationJob, JobStatus
 from inference.relay import RELAY_OUTAGE_SECONDS, StreamLost, get_relay, is_terminal
 from inference.selection import job_needs, select_and_load
 from inference.specs import request_from_json
+from inference.usage import job_ended
 from inference.worker import Choice, Engine, JobRun
 
 log = logging.getLogger(__name__)
@@ -156,9 +157,15 @@ def _finish_row(job: GenerationJob, worker: str, **fields) -> bool:
     for name in ("output_text", "error_text"):
         if isinstance(fields.get(name), str):
             fields[name] = fields[name].replace("\x00", "\ufffd")
-    written = _with_database(lambda: GenerationJob.objects.filter(
-        id=job.id, worker=worker, status=JobStatus.RUNNING).update(
-        finished_at=timezone.now(), lease_expires_at=None, **fields))
+    def write() -> int:
+        with transaction.atomic():  # the row, the quota settlement and the usage rollup: together or not at all
+            ended = GenerationJob.objects.filter(id=job.id, worker=worker, status=JobStatus.RUNNING).update(
+                finished_at=timezone.now(), lease_expires_at=None, **fields)
+            if ended:
+                job_ended(job.id)
+            return ended
+
+    written = _with_database(write)
     if written:
         metrics.observe_finished(
             status=fields["status"], model=job.model_name, backend=fields.get("backend") or "",

@@ -5,6 +5,8 @@ from __future__ import annotations
 from inference.models import GenerationJob, JobStatus, LocalModel
 
 
+# The whole library, for the system (commands, workers). What a person may list or name goes through
+# inference/access.py (models_usable_by, model_for) instead.
 def model_list():
     return LocalModel.objects.all()
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from django.conf import settings
 from django.db import transaction
 
+from inference import quotas
 from inference.engine.backends import find_backend, unknown_backend
 from inference.engine.base import EngineError, GenerationRequest, InvalidRequest, ModelRefused
 from inference.models import GenerationJob, JobStatus, LocalModel, model_id_validator
@@ -38,10 +39,14 @@ def default_model_name(path: Path) -> str:
     return name[:128] or "model"
 
 
-def model_import(path: str | Path, *, name: str | None = None, backend: str = "") -> LocalModel:
-    """Validate a model file or directory and add it to the library. Nothing unvalidated reaches a backend."""
+def model_import(path: str | Path, *, name: str | None = None, backend: str = "", actor=None,
+                 audit_action: str | None = "model.import") -> LocalModel:
+    """Validate a model file or directory and add it to the library. Nothing unvalidated reaches a backend.
+    Recorded in the audit trail as `audit_action` by `actor` (None: the system, a command); callers that record
+    their own event (a pull, a conversion) pass None."""
     from django.core.exceptions import ValidationError
 
+    from inference.audit import audit_record
     from inference.engine.chat_template import find_chat_template
     from inference.engine.metadata import read_metadata
 
@@ -59,7 +64,7 @@ def model_import(path: str | Path, *, name: str | None = None, backend: str = ""
     if LocalModel.objects.filter(name=name).exists():
         raise ModelRefused(f"The library already has a model named {name!r}; pass another --name.")
     template, template_source = find_chat_template(str(source), meta.chat_template)
-    return LocalModel.objects.create(
+    model = LocalModel.objects.create(
         name=name,
         path=str(source),
         format=meta.format,
@@ -73,6 +78,9 @@ def model_import(path: str | Path, *, name: str | None = None, backend: str = ""
         backend=backend,
         metadata=meta.to_dict(),
     )
+    if audit_action:
+        audit_record(actor, audit_action, model.name, format=model.format, size_bytes=model.size_bytes)
+    return model
 
 
 def _admit() -> None:
@@ -101,8 +109,9 @@ def generation_start(
     *, owner, model: LocalModel, request: GenerationRequest, kind: str = GenerationJob.Kind.CHAT,
     backend: str | None = None, api_key=None, response: dict | None = None,
 ) -> GenerationJob:
-    """Queue a generation (503 without a live worker, 429 when the queue is full). `response` is the shape of
-    the API's answer, kept so that a resumed stream renders the same."""
+    """Queue a generation (503 without a live worker, 429 when the queue is full, the API key runs its limit of
+    generations, or a token quota is used up: inference/quotas.py). `response` is the shape of the API's answer,
+    kept so that a resumed stream renders the same. The job carries `quota` (the binding QuotaState, or None)."""
     if backend and find_backend(backend) is None:
         raise InvalidRequest(unknown_backend(backend))
     _admit()
@@ -111,14 +120,27 @@ def generation_start(
         payload["backend"] = backend
     if response:
         payload["response"] = response
-    return _enqueue(owner=owner, api_key=api_key, model=model, model_name=model.name, kind=kind, request=payload)
+    with transaction.atomic():  # the limits' checks and the job's row: one step for every process
+        quotas.check_concurrency_locked(api_key, request.n)
+        admission = quotas.admit(owner, api_key, model, request)
+        job = _enqueue(owner=owner, api_key=api_key, model=model, model_name=model.name, kind=kind,
+                       request=payload)
+        quotas.reserve(job.id, admission)
+    job.quota = admission.state if admission else None
+    return job
 
 
 def embedding_start(*, owner, model: LocalModel, inputs: list[str], api_key=None) -> GenerationJob:
-    """Queue an embedding job: the same worker queue, limits and accounting as generations."""
+    """Queue an embedding job: the same worker queue, limits and accounting as generations (its inputs' tokens
+    count against the token quotas, estimated as characters ÷ 4 until the job ends)."""
     _admit()
-    return _enqueue(owner=owner, api_key=api_key, model=model, model_name=model.name,
-                    kind=GenerationJob.Kind.EMBEDDING, request={"input": inputs})
+    with transaction.atomic():
+        quotas.check_concurrency_locked(api_key, 1)
+        admission = quotas.admit(owner, api_key, None, GenerationRequest(prompt="\n".join(inputs), max_tokens=0))
+        job = _enqueue(owner=owner, api_key=api_key, model=model, model_name=model.name,
+                       kind=GenerationJob.Kind.EMBEDDING, request={"input": inputs})
+        quotas.reserve(job.id, admission)
+    return job
 
 
 def model_residency_start(*, owner, model: LocalModel, action: str, kind: str = GenerationJob.Kind.CHAT,
@@ -139,6 +161,11 @@ def generation_cancel(job: GenerationJob) -> None:
     """Stop a job: a queued one ends at once, a running one within one token."""
     relay = get_relay()
     relay.request_cancel(str(job.id))
-    took = GenerationJob.objects.filter(id=job.id, status=JobStatus.QUEUED).update(status=JobStatus.CANCELLED)
+    with transaction.atomic():
+        took = GenerationJob.objects.filter(id=job.id, status=JobStatus.QUEUED).update(status=JobStatus.CANCELLED)
+        if took:
+            from inference.usage import job_ended
+
+            job_ended(job.id)
     if took:
         relay.publish_terminal(str(job.id), {"kind": "done", "finish_reason": "cancelled"})

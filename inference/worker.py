@@ -50,6 +50,7 @@ class Choice:
     sequence: Sequence | None = None
     started: dict[str, Any] | None = None  # its "started" event, to publish at admission (None: already out)
     end: dict[str, Any] | None = None  # its processor's "done", once it has ended
+    read_reported: int = 0  # prompt tokens read when its last "progress" event went out
 
 
 @dataclass(eq=False)
@@ -81,6 +82,16 @@ class JobRun:
         started = {**choice.started, **({"cached_tokens": cached_tokens} if cached_tokens else {})}
         choice.started = None
         self.pending.extend(self._tagged(choice, [started]))
+
+    def report_reading(self, choice: Choice, sequence: Sequence, chunk_tokens: int) -> None:
+        """A prompt longer than a chunk: how much of it is read, once per chunk, until the first token (the chat
+        shows it; the API dialects skip it)."""
+        total, done = len(sequence.tokens), sequence.computed
+        if not sequence.prefilling or total - sequence.cached_tokens <= chunk_tokens or done == choice.read_reported:
+            return
+        choice.read_reported = done
+        self.pending.extend(self._tagged(choice, [{"kind": "progress", "prompt_tokens_read": done,
+                                                   "prompt_tokens": total}]))
 
     def take(self, choice: Choice, events: list[dict[str, Any]]) -> None:
         """A choice's new events from its OutputProcessor. The one that ends it is kept as its end (published as
@@ -274,6 +285,8 @@ class Engine:
             run, choice = self._choices.get(sequence.id, (None, None))
             if choice is not None and choice.started is not None and sequence.slot is not None:
                 run.start(choice, sequence.cached_tokens)
+            if choice is not None and choice.started is None and sequence.slot is not None:
+                run.report_reading(choice, sequence, scheduler.chunk_tokens)
         for output in outputs:
             if output.sequence.id in self._choices:
                 run, choice = self._choices[output.sequence.id]

@@ -3,12 +3,14 @@
 Client → server: {"type": "send", "conversation": id|null, "model": name, "content": text,
                   "system_prompt": text (optional), "sampling": {"temperature": 0.7, ...} (optional)}
                  {"type": "regenerate", "message": reply id, "model": name}  (a new version of a reply)
+                 {"type": "regenerate", "message": reply id, "answer_with": name}  (a new version by another
+                  model, named on the reply; the conversation keeps its model)
                  {"type": "edit", "message": user message id, "content": text, "model": name}  (a new version)
                  {"type": "complete", "model": name, "prompt": text, "sampling": {...}}  (the playground)
                  {"type": "stop", "job": id}  (the job's owner, or an admin)
                  {"type": "resume", "job": id, "after": index}  (the job's owner, or an admin: the jobs page)
 Server → client: {"type": "accepted", "conversation": id, "title": text, "message": reply id, "job": id,
-                  "user_message": id (send and edit), "versions": {"index", "count", "prev", "next"} of
+                  "model": the reply's model name, "user_message": id (send and edit), "versions": {"index", "count", "prev", "next"} of
                   the reply (regenerate) or of the user message (edit)}
                  {"type": "event", "job": id, "index": n, "event": {...relay event...}}
                  {"type": "queue", "job": id, "position": n}  (until the job's first event: its place in line;
@@ -32,13 +34,13 @@ from django.conf import settings
 
 from config import text as request_text
 from config.paths import paths_for
+from inference.access import model_for
 from inference.engine.base import EngineError, GenerationRequest
 from inference.following import follow
 from inference.leases import queue_positions
 from inference.models import GenerationJob
 from inference.outages import outage_message, outage_seen
 from inference.relay import RelayUnavailable, relay_unavailable_event
-from inference.selectors import model_by_name
 from inference.services import generation_cancel, generation_start
 from webui.models import Conversation, Message
 from webui.services import (
@@ -127,8 +129,13 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 await self.send_json({"type": "error", "code": "service_unavailable",
                                       "message": outage_message(service)})
 
-    async def _model(self, content: dict):
-        model = await sync_to_async(model_by_name)(str(content.get("model", "")))
+    async def _model(self, content: dict, key: str = "model"):
+        # A model this user may not use is as unknown as one the library does not have (inference/access.py).
+        name = content.get(key, "")
+        model = await sync_to_async(model_for)(self.user, name if isinstance(name, str) else "")
+        if model is None and key != "model":
+            raise EngineError(f"There is no model called “{str(name)[:128]}” to answer with; pick one from the list.",
+                              code="model_not_found", status=404)
         if model is None:
             raise EngineError("Pick a model from the list first.", code="model_not_found", status=404)
         return model
@@ -159,7 +166,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         )
         await self.send_json(
             {"type": "accepted", "conversation": conversation.pk, "title": conversation.title,
-             "user_message": user_message.pk, "message": reply.pk, "job": str(job.id)}
+             "user_message": user_message.pk, "message": reply.pk, "job": str(job.id), "model": model.name}
         )
         self.stream(str(job.id), after=0)
 
@@ -173,12 +180,15 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def on_regenerate(self, content: dict) -> None:
         message = await self._own_message(content)
-        model = await self._model(content)
-        reply, job = await sync_to_async(chat_regenerate)(owner=self.user, reply=message, model=model)
+        # "answer_with": this reply only, by another model; the conversation keeps its own ("model").
+        answer_with = content.get("answer_with") not in (None, "")
+        model = await self._model(content, "answer_with" if answer_with else "model")
+        reply, job = await sync_to_async(chat_regenerate)(owner=self.user, reply=message, model=model,
+                                                          chat_model=not answer_with)
         versions = await sync_to_async(lambda: conversation_tree(message.conversation).versions(reply.pk))()
         await self.send_json({"type": "accepted", "conversation": message.conversation_id,
                               "title": message.conversation.title, "message": reply.pk, "job": str(job.id),
-                              "versions": versions})
+                              "versions": versions, "model": model.name})
         self.stream(str(job.id), after=0)
 
     async def on_edit(self, content: dict) -> None:
@@ -190,7 +200,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         versions = await sync_to_async(lambda: conversation_tree(message.conversation).versions(edited.pk))()
         await self.send_json({"type": "accepted", "conversation": message.conversation_id,
                               "title": message.conversation.title, "user_message": edited.pk,
-                              "message": reply.pk, "job": str(job.id), "versions": versions})
+                              "message": reply.pk, "job": str(job.id), "versions": versions,
+                              "model": model.name})
         self.stream(str(job.id), after=0)
 
     async def on_complete(self, content: dict) -> None:

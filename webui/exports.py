@@ -5,8 +5,11 @@ Hearth JSON:
 
     {"format": "hearth.conversations", "version": 1, "exported_at": "...",
      "conversations": [{"title", "system_prompt", "model", "sampling", "created_at", "leaf",
+                        "pinned", "archived", "folder": name or null, "tags": [name, ...],
                         "messages": [{"id", "parent", "role", "content", "model", "created_at"}, ...]}]}
 
+`pinned`/`archived`/`folder`/`tags` (the sidebar's organizing) and a reply's `model` (the model that wrote it) are
+optional on import: files from before they existed import as unpinned, unarchived, in no folder, untagged.
 `id`/`parent` are numbers local to the file (a message's parent comes before it); siblings are the versions
 ("‹ 2/3 ›"), and `leaf` is the last message of the branch on screen. A ChatGPT export is a list of conversations,
 each a tree of nodes (`mapping`) whose `message.author.role` and `message.content.parts` carry the text, and
@@ -22,7 +25,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from config import text as request_text
-from inference.models import LocalModel
+from inference.access import models_usable_by
 from webui import services
 from webui.models import Conversation, Message, SharedConversation
 
@@ -55,9 +58,13 @@ def conversation_data(conversation: Conversation) -> dict:
         "created_at": conversation.created_at.isoformat(),
         "updated_at": conversation.updated_at.isoformat(),
         "leaf": tree.path[-1] if tree.path else None,
+        "pinned": conversation.pinned,
+        "archived": conversation.archived,
+        "folder": conversation.folder.name if conversation.folder_id else None,
+        "tags": [t.name for t in conversation.tags.all()],
         "messages": [{
             "id": m.pk, "parent": m.parent_id, "role": m.role, "content": services.message_text(m),
-            "model": m.job.model_name if m.job else None, "created_at": m.created_at.isoformat(),
+            "model": services.message_model(m) or None, "created_at": m.created_at.isoformat(),
         } for m in rows],
     }
 
@@ -125,8 +132,9 @@ def _from_hearth(data: dict) -> list[dict]:
             if parent is not None and (isinstance(parent, dict | list) or parent not in seen):
                 raise ImportRefused(f"{where}: its parent must be an earlier message of the same conversation.")
             seen.add(key)
+            model = m.get("model") if isinstance(m.get("model"), str) and m["role"] == "assistant" else ""
             messages.append({"key": key, "parent": parent, "role": m["role"],
-                             "content": _text(m.get("content"), where)})
+                             "content": _text(m.get("content"), where), "model": model[:128]})
         sampling = raw.get("sampling") if isinstance(raw.get("sampling"), dict) else {}
         try:
             sampling = services.sampling_clean(sampling)
@@ -137,8 +145,23 @@ def _from_hearth(data: dict) -> list[dict]:
                     "system_prompt": _text(raw.get("system_prompt"), f"Conversation {n}'s system prompt"),
                     "model": raw.get("model") if isinstance(raw.get("model"), str) else None,
                     "sampling": sampling, "messages": messages,
-                    "leaf": leaf if not isinstance(leaf, dict | list) and leaf in seen else None})
+                    "leaf": leaf if not isinstance(leaf, dict | list) and leaf in seen else None,
+                    **_organizing(raw)})
     return out
+
+
+def _organizing(raw: dict) -> dict:
+    """Pinned, archived, folder and tags of an exported conversation; absent or malformed (older files), none."""
+    folder = raw.get("folder")
+    tags = raw.get("tags") if isinstance(raw.get("tags"), list) else []
+    names = []
+    for tag in tags:
+        name = " ".join(tag.split())[:services.TAG_NAME_CHARS] if isinstance(tag, str) else ""
+        if name and name.lower() not in {n.lower() for n in names}:
+            names.append(name)
+    folder = " ".join(folder.split())[:services.FOLDER_NAME_CHARS] if isinstance(folder, str) else ""
+    return {"pinned": raw.get("pinned") is True, "archived": raw.get("archived") is True, "folder": folder or None,
+            "tags": names[:services.MAX_TAGS_PER_CONVERSATION]}
 
 
 def _parts_text(content) -> str:
@@ -199,7 +222,9 @@ def _from_chatgpt(data: list) -> list[dict]:
             parent = _parent(node)
             above = _kept_ancestor(mapping, kept, parent) if parent is not None else None
             if role in ROLES and text:
-                messages.append({"key": node_id, "parent": above, "role": role, "content": text})
+                slug = metadata.get("model_slug") if role == "assistant" else None
+                messages.append({"key": node_id, "parent": above, "role": role, "content": text,
+                                 "model": slug[:128] if isinstance(slug, str) else ""})
                 kept[node_id] = node_id
             else:
                 if role == "system" and text and not system_prompt:
@@ -243,16 +268,22 @@ def parse_import(raw: bytes, max_bytes: int = MAX_IMPORT_BYTES) -> tuple[str, li
 
 @transaction.atomic
 def import_conversations(owner, conversations: list[dict]) -> list[Conversation]:
-    models = {m.name: m for m in LocalModel.objects.filter(name__in={c["model"] for c in conversations if c["model"]})}
+    # Only models the owner may use (inference/access.py): another one's conversation is imported without a model.
+    models = {m.name: m for m in models_usable_by(owner).filter(
+        name__in={c["model"] for c in conversations if c["model"]})}
     created = []
     for data in conversations:
         conversation = Conversation.objects.create(
             owner=owner, title=data["title"][:200], system_prompt=data["system_prompt"],
-            sampling=data["sampling"], model=models.get(data["model"]))
+            sampling=data["sampling"], model=models.get(data["model"]), pinned=data.get("pinned", False),
+            archived=data.get("archived", False),
+            folder=services.folder_named(owner, data["folder"]) if data.get("folder") else None)
+        for tag in data.get("tags", []):
+            services.conversation_tag(conversation, tag)
         ids: dict = {}
         for m in data["messages"]:
             message = Message.objects.create(conversation=conversation, parent_id=ids.get(m["parent"]),
-                                             role=m["role"], content=m["content"])
+                                             role=m["role"], content=m["content"], model_name=m.get("model", ""))
             ids[m["key"]] = message.pk
         leaf = ids.get(data["leaf"])
         if leaf is None and ids:
@@ -267,14 +298,22 @@ def import_conversations(owner, conversations: list[dict]) -> list[Conversation]
 
 # ---- sharing ----
 
-def share_create(conversation: Conversation) -> SharedConversation:
-    """A snapshot of the thread on screen now; the conversation may go on, the snapshot stays as it is."""
+def share_groups(user):
+    """The groups a user may limit a shared link to: their own (an admin: any)."""
+    from django.contrib.auth.models import Group
+
+    return Group.objects.order_by("name") if user.is_staff else user.groups.order_by("name")
+
+
+def share_create(conversation: Conversation, group=None) -> SharedConversation:
+    """A snapshot of the thread on screen now, for every logged-in member or one group's; the conversation may go
+    on, the snapshot stays as it is."""
     tree = services.conversation_tree(conversation)
     rows = {m.pk: m for m in Message.objects.filter(pk__in=tree.path).select_related("job")}
     messages = [{"role": rows[i].role, "content": services.message_text(rows[i]),
-                 "model": rows[i].job.model_name if rows[i].job else None} for i in tree.path]
+                 "model": services.message_model(rows[i]) or None} for i in tree.path]
     return SharedConversation.objects.create(
-        owner=conversation.owner, conversation=conversation, title=conversation.title,
+        owner=conversation.owner, conversation=conversation, group=group, title=conversation.title,
         snapshot={"model": conversation.model.name if conversation.model else None,
                   "system_prompt": conversation.system_prompt, "messages": messages})
 

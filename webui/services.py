@@ -12,7 +12,7 @@ from inference.engine.base import EngineError, GenerationRequest
 from inference.engine.sampling import SamplingParams
 from inference.models import GenerationJob, LocalModel
 from inference.services import generation_start
-from webui.models import Conversation, Message
+from webui.models import Conversation, Folder, Message, Tag
 
 TITLE_LENGTH = 60
 MAX_SYSTEM_PROMPT_CHARS = 50_000
@@ -132,6 +132,13 @@ def message_text(message: Message) -> str:
     return message.job.output_text
 
 
+def message_model(message: Message) -> str:
+    """The name of the model that wrote a reply ("" for the user's messages)."""
+    if message.role != Message.Role.ASSISTANT:
+        return ""
+    return message.model_name or (message.job.model_name if message.job else "")
+
+
 def message_view(message: Message, tree: Tree) -> dict:
     job = message.job
     stats = {}
@@ -140,7 +147,7 @@ def message_view(message: Message, tree: Tree) -> dict:
                  "time_to_first_token": job.time_to_first_token, "finish_reason": job.finish_reason,
                  "status": job.status, "error": job.error_text}
     return {"id": message.pk, "role": message.role, "text": message_text(message),
-            "job": str(message.job_id) if message.job_id else "",
+            "model": message_model(message), "job": str(message.job_id) if message.job_id else "",
             "finished": job.is_finished if job else True, "stats": stats, "dropped": message.dropped_messages,
             "versions": tree.versions(message.pk)}
 
@@ -179,7 +186,10 @@ def conversation_messages(conversation: Conversation) -> list[dict[str, str]]:
     return history_until(conversation, tree.path[-1], tree)
 
 
-def _reply(owner, conversation: Conversation, user_message: Message, model: LocalModel) -> tuple[Message, GenerationJob]:
+def _reply(owner, conversation: Conversation, user_message: Message, model: LocalModel, *,
+           chat_model: bool = True) -> tuple[Message, GenerationJob]:
+    """Start the reply's job and store the (empty) reply with the model's name. `chat_model`: the model becomes
+    the conversation's own (its default for the next turns); False for "answer with another model"."""
     sampling, max_tokens = request_options(conversation.sampling or {})
     # A reply is always bounded: the conversation's own length, else the model's default (an admin sets it);
     # the worker keeps it within what the context leaves.
@@ -187,8 +197,9 @@ def _reply(owner, conversation: Conversation, user_message: Message, model: Loca
                                 max_tokens=max_tokens or model.default_max_tokens, fit_history=True)
     job = generation_start(owner=owner, model=model, request=request)
     reply = Message.objects.create(conversation=conversation, parent=user_message, role=Message.Role.ASSISTANT,
-                                   job=job)
-    Conversation.objects.filter(pk=conversation.pk).update(leaf=reply, updated_at=timezone.now(), model=model)
+                                   job=job, model_name=model.name)
+    changes = {"model": model} if chat_model else {}
+    Conversation.objects.filter(pk=conversation.pk).update(leaf=reply, updated_at=timezone.now(), **changes)
     conversation.leaf = reply
     return reply, job
 
@@ -215,11 +226,14 @@ def chat_send(*, owner, conversation: Conversation | None, model: LocalModel, co
 
 
 @transaction.atomic
-def chat_regenerate(*, owner, reply: Message, model: LocalModel) -> tuple[Message, GenerationJob]:
-    """Answer the same user message again: the new reply is a sibling of the old one, which is kept."""
+def chat_regenerate(*, owner, reply: Message, model: LocalModel, chat_model: bool = True) -> tuple[
+    Message, GenerationJob
+]:
+    """Answer the same user message again: the new reply is a sibling of the old one, which is kept.
+    `chat_model=False` ("answer with another model"): this reply only; the conversation keeps its model."""
     if reply.role != Message.Role.ASSISTANT or reply.parent_id is None:
         raise ChatRefused("Only a reply can be regenerated.")
-    return _reply(owner, reply.conversation, reply.parent, model)
+    return _reply(owner, reply.conversation, reply.parent, model, chat_model=chat_model)
 
 
 @transaction.atomic
@@ -246,3 +260,102 @@ def reply_settle(message: Message) -> None:
     if message.job is not None and message.job.is_finished and not message.content:
         message.content = message.job.output_text
         message.save(update_fields=["content"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Organizing: pin, archive, folders, tags. The views fetch the owner's rows (selectors: another user's are a
+# 404) and call these.
+
+FOLDER_NAME_CHARS = 80
+TAG_NAME_CHARS = 40
+MAX_FOLDERS = 200
+MAX_TAGS_PER_CONVERSATION = 20
+
+
+def _name(raw, what: str, limit: int) -> str:
+    name = " ".join(str(raw or "").split())
+    if not name:
+        raise ChatRefused(f"Give the {what} a name.")
+    if len(name) > limit:
+        raise ChatRefused(f"A {what} name can have at most {limit} characters.")
+    return name
+
+
+def conversation_pin(conversation: Conversation, pinned: bool) -> None:
+    Conversation.objects.filter(pk=conversation.pk).update(pinned=pinned)
+    conversation.pinned = pinned
+
+
+def conversation_archive(conversation: Conversation, archived: bool) -> None:
+    """Archived conversations leave the sidebar (the Archived page lists them); unarchived, they come back."""
+    Conversation.objects.filter(pk=conversation.pk).update(archived=archived)
+    conversation.archived = archived
+
+
+def conversation_move(conversation: Conversation, folder: Folder | None) -> None:
+    """Into one of the owner's folders, or out of any (None)."""
+    if folder is not None and folder.owner_id != conversation.owner_id:
+        raise ChatRefused("That folder does not exist.", code="not_found")
+    Conversation.objects.filter(pk=conversation.pk).update(folder=folder)
+    conversation.folder = folder
+
+
+def conversation_delete(conversation: Conversation) -> None:
+    conversation.delete()
+    Tag.objects.filter(owner_id=conversation.owner_id, conversations__isnull=True).delete()
+
+
+def folder_create(owner, name) -> Folder:
+    name = _name(name, "folder", FOLDER_NAME_CHARS)
+    if Folder.objects.filter(owner=owner, name__iexact=name).exists():
+        raise ChatRefused(f"You already have a folder called “{name}”.")
+    if Folder.objects.filter(owner=owner).count() >= MAX_FOLDERS:
+        raise ChatRefused(f"You can have at most {MAX_FOLDERS} folders.")
+    return Folder.objects.create(owner=owner, name=name)
+
+
+def folder_rename(folder: Folder, name) -> None:
+    name = _name(name, "folder", FOLDER_NAME_CHARS)
+    if Folder.objects.filter(owner_id=folder.owner_id, name__iexact=name).exclude(pk=folder.pk).exists():
+        raise ChatRefused(f"You already have a folder called “{name}”.")
+    folder.name = name
+    folder.save(update_fields=["name"])
+
+
+@transaction.atomic
+def folder_delete(folder: Folder) -> int:
+    """Delete the folder; its conversations stay, outside any folder. Returns how many there were."""
+    moved = Conversation.objects.filter(folder=folder).update(folder=None)
+    folder.delete()
+    return moved
+
+
+def folder_named(owner, name) -> Folder:
+    """The owner's folder of that name (any case), made if missing: for imports."""
+    name = _name(name, "folder", FOLDER_NAME_CHARS)
+    return Folder.objects.filter(owner=owner, name__iexact=name).first() or Folder.objects.create(owner=owner,
+                                                                                                  name=name)
+
+
+@transaction.atomic
+def conversation_tag(conversation: Conversation, name) -> Tag:
+    """Add a tag (the owner's tag of that name in any case, made if new)."""
+    name = _name(name, "tag", TAG_NAME_CHARS)
+    tag = Tag.objects.filter(owner_id=conversation.owner_id, name__iexact=name).first()
+    if tag is not None and conversation.tags.filter(pk=tag.pk).exists():
+        return tag
+    if conversation.tags.count() >= MAX_TAGS_PER_CONVERSATION:
+        raise ChatRefused(f"A conversation can have at most {MAX_TAGS_PER_CONVERSATION} tags.")
+    tag = tag or Tag.objects.create(owner_id=conversation.owner_id, name=name)
+    conversation.tags.add(tag)
+    return tag
+
+
+@transaction.atomic
+def conversation_untag(conversation: Conversation, name) -> None:
+    """Remove a tag; a tag no conversation has any more is gone from the sidebar's list too."""
+    name = " ".join(str(name or "").split())
+    for tag in conversation.tags.filter(name__iexact=name):
+        conversation.tags.remove(tag)
+        if not tag.conversations.exists():
+            tag.delete()

@@ -307,7 +307,8 @@ def upload_finish(upload: Upload) -> LocalModel:
         if destination.exists():  # someone else's: refused before anything of ours is placed there
             raise UploadRefused(f"{destination.name} already exists in the models folder; pick another name.")
         try:
-            model = model_import(_place(upload, destination, is_gguf), name=upload.name)
+            model = model_import(_place(upload, destination, is_gguf), name=upload.name, actor=upload.owner,
+                                 audit_action="model.upload")
         except BaseException:
             _remove(destination)
             _remove(destination.with_name(destination.name + UNPACKING_SUFFIX))
@@ -399,15 +400,19 @@ def upload_sweep(max_age_hours: float | None = None) -> list[str]:
     return removed
 
 
-def model_delete(model: LocalModel) -> None:
+def model_delete(model: LocalModel, actor=None) -> None:
     """Remove a model from the library; its files go too when they live in our models folder, and so does the GGUF
-    twin a worker converted it into for llama.cpp. A pulled split GGUF goes with the folder of its parts."""
+    twin a worker converted it into for llama.cpp. A pulled split GGUF goes with the folder of its parts. Recorded
+    in the audit trail (`actor`: who deleted it)."""
+    from inference.audit import audit_record
     from inference.selection import converted_path
 
     path = Path((model.provenance or {}).get("folder") or model.path)
     library = Path(settings.MODELS_DIR).resolve()
     converted_path(model).unlink(missing_ok=True)
+    name, format, size_bytes = model.name, model.format, model.size_bytes
     model.delete()
+    audit_record(actor, "model.delete", name, format=format, size_bytes=size_bytes)
     if path.resolve().is_relative_to(library) and path.resolve() != library:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)

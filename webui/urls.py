@@ -1,7 +1,6 @@
-from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from webui import views, views_diagrams, views_exports
+from webui import sso, views, views_diagrams, views_exports, views_organize, views_team, views_usage
 
 app_name = "webui"
 
@@ -13,6 +12,16 @@ urlpatterns = [
     path("c/<int:conversation_id>/delete/", views.conversation_delete, name="conversation_delete"),
     path("c/<int:conversation_id>/settings/", views.conversation_settings, name="conversation_settings"),
     path("c/<int:conversation_id>/show/<int:message_id>/", views.version_show, name="version_show"),
+    path("c/<int:conversation_id>/pin/", views_organize.conversation_pin, name="conversation_pin"),
+    path("c/<int:conversation_id>/archive/", views_organize.conversation_archive, name="conversation_archive"),
+    path("c/<int:conversation_id>/move/", views_organize.conversation_move, name="conversation_move"),
+    path("c/<int:conversation_id>/tags/add/", views_organize.conversation_tag, name="conversation_tag"),
+    path("c/<int:conversation_id>/tags/remove/", views_organize.conversation_untag, name="conversation_untag"),
+    path("folders/new/", views_organize.folder_create, name="folder_create"),
+    path("folders/<int:folder_id>/rename/", views_organize.folder_rename, name="folder_rename"),
+    path("folders/<int:folder_id>/delete/", views_organize.folder_delete, name="folder_delete"),
+    path("archived/", views_organize.archived, name="archived"),
+    path("archived/<int:conversation_id>/delete/", views_organize.archived_delete, name="archived_delete"),
     path("c/<int:conversation_id>/export/", views_exports.conversation_export, name="conversation_export"),
     path("conversations/export/", views_exports.conversations_export, name="conversations_export"),
     path("conversations/import/", views_exports.conversations_import, name="conversations_import"),
@@ -24,8 +33,16 @@ urlpatterns = [
     path("jobs/", views.jobs, name="jobs"),
     path("jobs/<uuid:job_id>/cancel/", views.job_cancel, name="job_cancel"),
     path("users/", views.users, name="users"),
-    path("login/", auth_views.LoginView.as_view(template_name="webui/login.html"), name="login"),
-    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("users/groups/", views_team.groups, name="groups"),
+    path("users/groups/<int:group_id>/", views_team.group, name="group"),
+    path("audit/", views_team.audit, name="audit"),
+    path("usage/", views_usage.usage, name="usage"),
+    path("usage/export.csv", views_usage.usage_csv, name="usage_csv"),
+    path("quotas/", views_usage.quotas_page, name="quotas"),
+    path("login/", sso.LoginView.as_view(), name="login"),
+    path("logout/", sso.LogoutView.as_view(), name="logout"),
+    path("sso/login/", sso.SignInView.as_view(), name="sso_login"),
+    path("sso/callback/", sso.CallbackView.as_view(), name="sso_callback"),
     path("models/", views.model_library, name="models"),
     path("models/uploads/", views.upload_create, name="upload_create"),
     path("models/uploads/<uuid:upload_id>/", views.upload_detail, name="upload_detail"),
@@ -37,6 +54,7 @@ urlpatterns = [
     path("models/<str:name>/delete/", views.model_delete, name="model_delete"),
     path("models/<str:name>/", views.model_detail, name="model_detail"),
     path("models/<str:name>/convert/", views.model_convert, name="model_convert"),
+    path("models/<str:name>/access/", views_team.model_access, name="model_access"),
     path("models/<str:name>/check-update/", views.model_check_update, name="model_check_update"),
     path("models/<str:name>/pull-update/", views.model_pull_update, name="model_pull_update"),
 ]

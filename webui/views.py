@@ -10,6 +10,7 @@ from django.contrib import messages as flash
 from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import Group
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count, Max, Q
@@ -22,8 +23,9 @@ from django.views.decorators.http import require_POST
 
 from config import text as request_text
 from config.paths import paths_for
-from inference import hub, pulls
+from inference import access, hub, pulls
 from inference import selectors as inference_selectors
+from inference.audit import audit_record
 from inference.conversions import GGUF_TYPES, conversion_start, converter_missing
 from inference.engine.base import EngineError
 from inference.engine.chat_template import conventional_template
@@ -34,7 +36,7 @@ from inference.presence import loaded_backends_by_path
 from inference.selection import backend_rows, converted_path, model_chain
 from inference.services import generation_cancel
 from inference.specs import effective_context
-from webui import selectors, services, uploads
+from webui import exports, selectors, services, uploads
 from webui.models import Upload
 
 RECENT_MESSAGES = 50
@@ -47,15 +49,21 @@ def chat(request, conversation_id: int | None = None):
     messages, has_more = [], False
     if conversation is not None:
         messages, has_more = services.thread_page(conversation, limit=RECENT_MESSAGES)
-    models = list(inference_selectors.model_list())
-    selected = conversation.model.name if conversation and conversation.model else (models[0].name if models else "")
+    models = list(access.models_usable_by(request.user))  # only the models this user may use (inference/access.py)
+    usable = {model.name for model in models}
+    selected = (conversation.model.name if conversation and conversation.model and conversation.model.name in usable
+                else (models[0].name if models else ""))
     search = request.GET.get("q", "")[:200]
+    tag = request.GET.get("tag", "")[:40]
     sampling = {**services.DEFAULT_SAMPLING, **(conversation.sampling if conversation else {})}
     return render(request, "webui/chat.html", {
         "conversation": conversation,
-        "conversations": selectors.conversations_for(request.user, search)[:200],
+        "sidebar": selectors.sidebar_for(request.user, search, tag),
         "search": search,
         "chat_messages": messages,
+        # The exact texts, for copy and edit: HTML parsing changes some characters (\r, NUL) of the bubbles.
+        "message_texts": {str(m["id"]): m["text"] for m in messages},
+        "share_groups": exports.share_groups(request.user) if conversation else [],
         "has_more": has_more,
         "models": models,
         "selected_model": selected,
@@ -102,7 +110,7 @@ def conversation_delete(request, conversation_id: int):
 def conversation_settings(request, conversation_id: int):
     conversation = selectors.conversation_for(request.user, conversation_id)
     sampling = {name: request.POST.get(name, "") for name in SAMPLING_FORM_FIELDS}
-    model = inference_selectors.model_by_name(request.POST.get("model", "")) if request.POST.get("model") else None
+    model = access.model_for(request.user, request.POST.get("model", "")) if request.POST.get("model") else None
     try:
         services.conversation_settings_save(conversation, system_prompt=request.POST.get("system_prompt", ""),
                                             sampling=sampling, model=model)
@@ -126,13 +134,13 @@ def version_show(request, conversation_id: int, message_id: int):
 
 @login_required
 def playground(request):
-    models = list(inference_selectors.model_list())
+    models = list(access.models_usable_by(request.user))
     return render(request, "webui/playground.html", {"models": models})
 
 
 @login_required
 def model_library(request):
-    models = inference_selectors.model_list().annotate(
+    models = access.models_usable_by(request.user).annotate(
         running_jobs=Count("jobs", filter=Q(jobs__status=JobStatus.RUNNING)), last_used=Max("jobs__finished_at"))
     try:
         loaded = loaded_backends_by_path()
@@ -163,8 +171,9 @@ def _load_state(model, loaded: dict[str, list[str]] | None) -> str:
     return "loading" if model.running_jobs else "not loaded"
 
 
-def _model_or_404(name: str):
-    model = inference_selectors.model_by_name(name)
+def _model_or_404(request, name: str):
+    """The model called `name`, or 404: a model the user may not use is as unknown as one the library lacks."""
+    model = access.model_for(request.user, name)
     if model is None:
         raise Http404("No such model.")
     return model
@@ -172,7 +181,7 @@ def _model_or_404(name: str):
 
 @login_required
 def model_detail(request, name: str):
-    model = _model_or_404(name)
+    model = _model_or_404(request, name)
     template_note, template_text = "", model.chat_template
     if not model.chat_template:
         template_text, template_note = conventional_template(model.architecture)
@@ -191,17 +200,21 @@ def model_detail(request, name: str):
         "hub_url": hub.repo_url(model.provenance["repo"]) if (model.provenance or {}).get("repo") else "",
         "update_available": bool((model.provenance or {}).get("latest_commit")) and
         model.provenance.get("latest_commit") != model.provenance.get("commit"),
+        # The Access form (admins): everyone, or these groups (webui/views_team.py model_access saves it).
+        **({"all_groups": Group.objects.order_by("name"),
+            "allowed_group_ids": set(model.allowed_groups.values_list("pk", flat=True))}
+           if request.user.is_staff else {}),
     })
 
 
 @require_POST
 @staff_member_required
 def model_convert(request, name: str):
-    model = _model_or_404(name)
+    model = _model_or_404(request, name)
     target = request.POST.get("target", "")
     bits = int(request.POST["bits"]) if request.POST.get("bits", "").isdigit() else None
     try:
-        conversion_start(model, target, gguf_type=request.POST.get("type", "f16"), bits=bits)
+        conversion_start(model, target, gguf_type=request.POST.get("type", "f16"), bits=bits, actor=request.user)
     except EngineError as error:
         flash.error(request, error.message)
     else:
@@ -385,7 +398,7 @@ def pull_cancel(request, pull_id: int):
 @require_POST
 @admin_required
 def model_check_update(request, name: str):
-    model = _model_or_404(name)
+    model = _model_or_404(request, name)
     try:
         latest, newer = pulls.update_check(model)
     except EngineError as error:
@@ -403,7 +416,7 @@ def model_check_update(request, name: str):
 @require_POST
 @admin_required
 def model_pull_update(request, name: str):
-    model = _model_or_404(name)
+    model = _model_or_404(request, name)
     try:
         pull = pulls.update_pull_start(model, owner=request.user)
     except EngineError as error:
@@ -417,8 +430,8 @@ def model_pull_update(request, name: str):
 @require_POST
 @admin_required
 def model_delete(request, name: str):
-    model = _model_or_404(name)
-    uploads.model_delete(model)
+    model = _model_or_404(request, name)
+    uploads.model_delete(model, actor=request.user)
     flash.success(request, f"Deleted {name} from the library.")
     return redirect("webui:models")
 
@@ -459,7 +472,8 @@ def job_cancel(request, job_id):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Users: admins create users, set roles (admin = is_staff, member) and deactivate them.
+# Users: admins create users, set roles (admin = is_staff, member) and groups, deactivate and delete them; every
+# change is recorded in the audit trail (inference/audit.py). Groups have their own page (webui/views_team.py).
 
 ROLES = {"admin": True, "member": False}
 
@@ -471,7 +485,7 @@ def users(request):
         action = request.POST.get("action", "")
         try:
             if action == "create":
-                _user_create(User, request.POST)
+                _user_create(User, request.POST, request.user)
                 flash.success(request, f"Created {request.POST.get('username', '').strip()}.")
             elif action == "update":
                 target = User.objects.filter(pk=request.POST.get("user", "")).first() if request.POST.get(
@@ -479,16 +493,27 @@ def users(request):
                 if target is None:
                     raise Http404("No such user.")
                 _user_update(request.user, target, request.POST)
+                if request.POST.get("groups_shown"):  # the row's group boxes (unticked ones are not sent)
+                    access.user_groups_set(request.user, target, Group.objects.filter(
+                        pk__in=[pk for pk in request.POST.getlist("groups") if pk.isdigit()]))
                 flash.success(request, f"Saved {target.username}.")
+            elif action == "delete":
+                target = User.objects.filter(pk=request.POST.get("user", "")).first() if request.POST.get(
+                    "user", "").isdigit() else None
+                if target is None:
+                    raise Http404("No such user.")
+                _user_delete(request.user, target, request.POST)
+                flash.success(request, f"Deleted {target.username}.")
             else:
                 flash.error(request, "Unknown action.")
         except ValidationError as error:
             flash.error(request, " ".join(error.messages))
         return redirect("webui:users")
-    return render(request, "webui/users.html", {"people": User.objects.order_by("username")})
+    return render(request, "webui/users.html", {"people": User.objects.order_by("username").prefetch_related("groups"),
+                                                "groups": Group.objects.order_by("name")})
 
 
-def _user_create(User, data) -> None:
+def _user_create(User, data, actor=None) -> None:
     username = data.get("username", "").strip()
     password = data.get("password", "")
     if not username or not re.fullmatch(r"[\w.@+-]{1,150}", username):
@@ -501,6 +526,7 @@ def _user_create(User, data) -> None:
     validate_password(password, candidate)
     candidate.set_password(password)
     candidate.save()
+    audit_record(actor, "user.create", username, role=data["role"])
 
 
 def _user_update(actor, target, data) -> None:
@@ -509,5 +535,21 @@ def _user_update(actor, target, data) -> None:
         raise ValidationError("Pick a role: admin or member.")
     if target.pk == actor.pk and (not active or not ROLES[role]):
         raise ValidationError("You cannot deactivate yourself or take away your own admin role.")
+    was_staff, was_active = target.is_staff, target.is_active
     target.is_staff, target.is_active = ROLES[role], active
     target.save(update_fields=["is_staff", "is_active"])
+    if was_staff != target.is_staff:
+        audit_record(actor, "user.role", target.username, role=role, was="admin" if was_staff else "member")
+    if was_active != target.is_active:
+        audit_record(actor, "user.activate" if active else "user.deactivate", target.username)
+
+
+def _user_delete(actor, target, data) -> None:
+    """Delete an account (its conversations, jobs and keys go with it); the admin types its name to confirm."""
+    if target.pk == actor.pk:
+        raise ValidationError("You cannot delete yourself.")
+    if data.get("confirm", "").strip() != target.username:
+        raise ValidationError(f"Type {target.username} to confirm deleting that account.")
+    username, was_staff = target.username, target.is_staff
+    target.delete()
+    audit_record(actor, "user.delete", username, role="admin" if was_staff else "member")

@@ -81,17 +81,26 @@ def conversations_import(request):
 @login_required
 def conversation_share(request, conversation_id: int):
     conversation = selectors.conversation_for(request.user, conversation_id)
-    share = exports.share_create(conversation)
-    flash.success(request, "Shared a snapshot: anyone logged in to this Hearth with the link can read it as it is "
-                           "now. Revoke it here or on the Export / import page.")
+    group = None
+    if request.POST.get("group"):
+        group = exports.share_groups(request.user).filter(pk=request.POST["group"]).first() \
+            if request.POST["group"].isdigit() else None
+        if group is None:
+            flash.error(request, "You can share only with a group you belong to.")
+            return redirect("webui:conversation", conversation.pk)
+    share = exports.share_create(conversation, group)
+    readers = f"the members of {group.name}" if group else "anyone logged in to this Hearth"
+    flash.success(request, f"Shared a snapshot: {readers} with the link can read it as it is now. Revoke it here "
+                           "or on the Export / import page.")
     return redirect("webui:shared", share.token)
 
 
 @login_required
 def shared(request, token: str):
-    """A snapshot, read-only, for any logged-in member; a revoked link is a 404 that says so."""
-    share = SharedConversation.objects.select_related("owner").filter(token=token).first()
-    if share is None or share.revoked_at is not None:
+    """A snapshot, read-only, for any logged-in member (or its group's); a revoked link, or one for a group the
+    reader is not in, is a 404 that says so (without telling which)."""
+    share = SharedConversation.objects.select_related("owner", "group").filter(token=token).first()
+    if share is None or share.revoked_at is not None or not share.readable_by(request.user):
         return render(request, "webui/share_gone.html", status=404)
     return render(request, "webui/shared.html", {"share": share, "is_owner": share.owner_id == request.user.pk,
                                                  "snapshot_messages": share.snapshot.get("messages", [])})

@@ -11,6 +11,7 @@ from ninja import Router, Schema
 from api.auth import StaffApiKeyAuth
 from api.errors import error_response
 from api.selectors import key_usage_dict, keys_with_usage
+from api.services import key_revoke
 
 router = Router(auth=StaffApiKeyAuth(), tags=["Hearth administration"])
 
@@ -50,5 +51,5 @@ def admin_revoke_key(request: HttpRequest, key_id: int):
     key = keys_with_usage().filter(pk=key_id).first()
     if key is None:
         return error_response(f"No API key with id {key_id}.", status=404, param="key_id", code="not_found")
-    key.revoke()
+    key_revoke(request.auth.owner, key)
     return key_usage_dict(key)

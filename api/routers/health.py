@@ -41,11 +41,32 @@ def _converters(broker: str, role: str = CONVERTER) -> dict:
     return {"alive": len(names), "names": names}
 
 
+def _names_shown(request: HttpRequest, database: str) -> set[str]:
+    """The models /health may name to this caller (anyone may read it): those a logged-in user may use, to anyone
+    else those open to everyone; none while the database is out (inference/access.py)."""
+    if database != "ok":
+        return set()
+    from inference.access import models_usable_by
+    from inference.models import LocalModel
+
+    user = getattr(request, "user", None)
+    models = models_usable_by(user) if user is not None and user.is_authenticated else \
+        LocalModel.objects.filter(open_to_everyone=True)
+    return set(models.values_list("name", flat=True))
+
+
+def _named(model: dict, shown: set[str]) -> dict:
+    """A loaded model's entry ("model": "<name> (<backend>)"), without the name when the caller may not know it."""
+    name = str(model.get("model", "")).rsplit(" (", 1)[0]
+    return model if name in shown else {k: v for k, v in model.items() if k != "model"}
+
+
 @router.get("/health", summary="Server health")
 def health(request: HttpRequest):
     database, broker = _database_state(), _broker_state()
     workers = get_presence().live_workers() if broker.startswith("ok") else []
     engine = get_presence().engine_stats() if workers else {}
+    shown = _names_shown(request, database) if engine else set()
     healthy = database == "ok" and broker.startswith("ok") and bool(workers)
     body = {
         "status": "ok" if healthy else "degraded",
@@ -56,8 +77,10 @@ def health(request: HttpRequest):
         # Model conversions run apart (the "conversions" queue); the embedded mode converts in its own thread.
         "converters": _converters(broker),
         "pullers": _converters(broker, PULLER),  # pulls from the Hugging Face Hub: the "pulls" queue
-        # Per worker, per loaded model: slots (sequences decoded together), running, waiting, cached.
-        "engine": [{"worker": name, **model} for name, models in sorted(engine.items()) for model in models],
+        # Per worker, per loaded model: slots (sequences decoded together), running, waiting, cached; the model's
+        # name only where the caller may know it (_names_shown).
+        "engine": [{"worker": name, **_named(model, shown)} for name, models in sorted(engine.items())
+                   for model in models],
         "queued_jobs": queued_count() if database == "ok" else None,
     }
     return JsonResponse(body, status=200 if healthy else 503)

@@ -40,7 +40,7 @@ from api.schemas import ollama as ol
 from api.schemas.openai import CompletionRequest
 from api.streaming import Answer, JobEvents, collect, error_event_response, ndjson, sse_response
 from api.tools import TextDelta, ToolCallStream
-from inference import pulls, selectors
+from inference import access, pulls
 from inference.engine.base import EngineError
 from inference.models import GenerationJob
 from inference.presence import loaded_backends_by_path
@@ -58,12 +58,14 @@ def _library_url(request: HttpRequest) -> str:
 
 def _model_or_404(request: HttpRequest, name: str):
     """(model, None), or (None, a 404). Ollama clients add ":latest" to a name without a tag: "tiny:latest" is
-    the library's "tiny" when no model has the longer name."""
-    model = selectors.model_by_name(name) if name else None
+    the library's "tiny" when no model has the longer name. Only models the key's owner may use are found
+    (inference/access.py): another one is as unknown as a name the library does not have."""
+    user = request.auth.owner
+    model = access.model_for(user, name)
     if model is None and name.endswith(":latest"):
-        model = selectors.model_by_name(name.removesuffix(":latest"))
+        model = access.model_for(user, name.removesuffix(":latest"))
     if model is None and "/" in name:  # the Hugging Face name it was pulled by ("hf.co/owner/name:Q4_K_M")
-        model = pulls.pulled_model(name)
+        model = pulls.pulled_model(name, among=access.models_usable_by(user))
     if model is not None:
         return model, None
     return None, error_response(
@@ -93,8 +95,8 @@ def version(request: HttpRequest):
 
 @router.get("/tags", summary="List models (Ollama)")
 def tags(request: HttpRequest):
-    """Every model of the library, as /v1/models lists them."""
-    return JsonResponse({"models": [ol.model_entry(model) for model in selectors.model_list()]})
+    """Every model of the library the key's owner may use, as /v1/models lists them."""
+    return JsonResponse({"models": [ol.model_entry(model) for model in access.models_usable_by(request.auth.owner)]})
 
 
 @router.post("/show", summary="Show a model (Ollama)")
@@ -115,7 +117,7 @@ def show(request: HttpRequest, body: ol.ShowRequest):
 def ps(request: HttpRequest):
     """The library's models that some live worker holds loaded, from the workers' heartbeats."""
     loaded = loaded_backends_by_path()
-    running = [ol.running_entry(model, effective_context(model)) for model in selectors.model_list()
+    running = [ol.running_entry(model, effective_context(model)) for model in access.models_usable_by(request.auth.owner)
                if loaded.get(model.path) or loaded.get(str(converted_path(model)))]
     return JsonResponse({"models": running})
 

@@ -29,7 +29,7 @@ from api.streaming import (
     sse_response,
 )
 from api.tools import CallStart, Delta, TextDelta, ToolCallStream, parse_tool_calls
-from inference import selectors
+from inference import access
 from inference.engine.base import EngineError
 from inference.models import GenerationJob
 from inference.selection import capability_refusal
@@ -49,12 +49,12 @@ def _model_card(model) -> dict[str, Any]:
 
 @router.get("/models", response=out.ModelList, summary="List models")
 def list_models(request: HttpRequest):
-    return {"object": "list", "data": [_model_card(m) for m in selectors.model_list()]}
+    return {"object": "list", "data": [_model_card(m) for m in access.models_usable_by(request.auth.owner)]}
 
 
 @router.get("/models/{model_id}", response=out.Model, summary="Retrieve a model")
 def retrieve_model(request: HttpRequest, model_id: str):
-    model, missing = model_or_404(model_id)
+    model, missing = model_or_404(model_id, request.auth.owner)
     if missing:
         return missing
     return _model_card(model)
@@ -251,7 +251,7 @@ async def completion_resume(request: HttpRequest, completion_id: str, stream: bo
 @router.post("/embeddings", response=out.EmbeddingList, summary="Create embeddings")
 async def embeddings(request: HttpRequest, body: oa.EmbeddingRequest):
     """One vector per input from the model's embedding context (GGUF models, llama.cpp), run by a worker."""
-    model, missing = await sync_to_async(model_or_404)(body.model)
+    model, missing = await sync_to_async(model_or_404)(body.model, request.auth.owner)
     if missing:
         return missing
     refusal = capability_refusal(model, None, frozenset({"embeddings"}))

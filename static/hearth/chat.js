@@ -34,12 +34,20 @@
   }
 
   // ---- message nodes (the same markup as templates/webui/_message.html) ----
-  function button(className, label, text) {
+  // An icon button: the icon from the page's sprite (webui/_icons.html), its name for screen readers and a tooltip.
+  function button(className, label, icon) {
     const b = document.createElement("button");
     b.type = "button";
     b.className = `icon ${className}`;
     b.setAttribute("aria-label", label);
-    b.textContent = text;
+    b.title = label;
+    const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+    svg.setAttribute("aria-hidden", "true");
+    svg.setAttribute("focusable", "false");
+    const use = document.createElementNS("http://www.w3.org/2000/svg", "use");
+    use.setAttribute("href", `#i-${icon}`);
+    svg.appendChild(use);
+    b.appendChild(svg);
     return b;
   }
 
@@ -104,9 +112,17 @@
         stats.textContent = statsText(m.stats);
         meta.appendChild(stats);
       }
-      meta.append(button("copy-reply", "Copy reply", "Copy"), button("regenerate", "Regenerate reply", "Regenerate"));
+      const other = document.createElement("button");
+      other.type = "button";
+      other.className = "icon answer-with";
+      other.setAttribute("aria-haspopup", "menu");
+      other.setAttribute("aria-expanded", "false");
+      other.setAttribute("aria-label", "Answer with another model");
+      other.title = "Answer with another model";
+      other.textContent = "Answer with…";
+      meta.append(button("copy-reply", "Copy reply", "copy"), button("regenerate", "Regenerate reply", "regenerate"), other);
     } else {
-      meta.append(button("edit", "Edit message", "Edit"));
+      meta.append(button("edit", "Edit message", "edit"));
     }
     if (m.dropped) {
       const note = document.createElement("div");
@@ -115,9 +131,24 @@
       item.append(note);
     }
     item.append(bubble, meta);
+    setModel(item, m.model);
     setText(item, m.text || "");
     setVersions(item, m.versions);
     return item;
+  }
+
+  // The name of the model that wrote a reply (the conversation's, or another one's: "Answer with…").
+  function setModel(node, name) {
+    const copy = node.querySelector(".meta .copy-reply");
+    if (!name || !copy) return;
+    let label = node.querySelector(".meta .model-name");
+    if (!label) {
+      label = document.createElement("span");
+      label.className = "model-name";
+      label.title = "The model that wrote this reply";
+      copy.before(label);
+    }
+    label.textContent = name;
   }
 
   function setText(node, text) {
@@ -204,6 +235,11 @@
     const reply = replies.get(jobId);
     if (!reply || index <= reply.index) return; // already shown: never duplicate
     reply.index = index;
+    if (event.kind === "progress") {
+      const share = Math.floor(100 * event.prompt_tokens_read / Math.max(1, event.prompt_tokens));
+      stage(reply.node, `Reading the prompt… ${share}% (${event.prompt_tokens_read.toLocaleString()} of ${event.prompt_tokens.toLocaleString()} tokens)`);
+      return;
+    }
     stage(reply.node, event.kind === "started" ? "Reading the prompt…" : "");
     if (event.kind === "started" && event.dropped_messages && !reply.node.querySelector(".context-note")) {
       const note = document.createElement("div");
@@ -258,6 +294,7 @@
     reply.id = `m${data.message}`;
     reply.dataset.message = data.message;
     reply.classList.remove("pending");
+    setModel(reply, data.model);
     if (data.versions) setVersions(versionsOn === "user" ? user : reply, data.versions);
     track(data.job, reply, 0);
     stage(reply, "Waiting for the model…");
@@ -340,14 +377,16 @@
     setBusy(true);
   }
 
-  function regenerate(node) {
+  // answerWith: another model's name, for this reply only (the conversation keeps the picker's model).
+  function regenerate(node, answerWith) {
     if (!node.dataset.message || !ready()) return;
     const reply = buildMessage({role: "assistant", text: "", finished: false});
     reply.classList.add("pending");
     node.before(reply);
     removeFrom(node);
     pending = {user: null, reply, versionsOn: "reply", restore: true};
-    socket.send(JSON.stringify({type: "regenerate", message: Number(node.dataset.message), model: model()}));
+    const which = answerWith ? {answer_with: answerWith} : {model: model()};
+    socket.send(JSON.stringify({type: "regenerate", message: Number(node.dataset.message), ...which}));
     setBusy(true);
   }
 
@@ -445,6 +484,7 @@
       markdown.copyText(node._raw || "").then(() => markdown.flashCopied(target));
     }
   });
+  list.addEventListener("hearth:answer-with", (event) => regenerate(event.target.closest(".message"), event.detail.model));
   const deleteForm = document.getElementById("delete-form");
   if (deleteForm) {
     deleteForm.addEventListener("submit", (event) => {
@@ -454,8 +494,9 @@
 
   // Render what the server sent; a reload during generation: the last reply is still streaming, so follow
   // it from the start.
+  const exactTexts = JSON.parse(document.getElementById("message-texts")?.textContent || "{}");
   for (const node of list.querySelectorAll(".message")) {
-    const text = node.querySelector(".bubble").textContent;
+    const text = exactTexts[node.dataset.message] ?? node.querySelector(".bubble").textContent;
     if (node.classList.contains("assistant") && node.dataset.job && node.dataset.finished === "0") {
       setText(node, "");
       track(node.dataset.job, node, 0);

@@ -20,7 +20,16 @@
     area.remove();
   }
 
+  // "Copied" for a moment: an icon button shows a check mark and says it to screen readers; a text button says it.
   function flashCopied(button) {
+    const use = button.querySelector("svg use");
+    if (use) {
+      const icon = use.getAttribute("href"), label = button.getAttribute("aria-label");
+      use.setAttribute("href", "#i-check");
+      button.setAttribute("aria-label", "Copied");
+      setTimeout(() => { use.setAttribute("href", icon); button.setAttribute("aria-label", label); }, 1200);
+      return;
+    }
     const label = button.textContent;
     button.textContent = "Copied";
     setTimeout(() => { button.textContent = label; }, 1200);

@@ -166,6 +166,8 @@ def test_a_reply_says_what_it_waits_for_before_its_first_token(page, embedded_se
     expect(page.locator(".message.assistant .stats")).to_contain_text("tokens", timeout=180_000)
     stages = page.evaluate("window.__stages")
     assert "Reading the prompt…" in stages, stages
+    # The prompt is longer than a chunk (HEARTH_PREFILL_CHUNK_TOKENS): how much of it is read shows as it goes.
+    assert any(re.fullmatch(r"Reading the prompt… \d+% \([\d,]+ of [\d,]+ tokens\)", s) for s in stages), stages
     assert any(s.startswith(("Queued", "Loading the model", "Waiting for the model")) for s in stages), stages
     expect(page.locator(".queue-note")).to_have_count(0)
 

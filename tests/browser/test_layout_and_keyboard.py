@@ -12,9 +12,9 @@ ARTIFACTS = SCREENSHOTS.parent.parent / "tests" / "artifacts"
 pytestmark = pytest.mark.browser
 
 
-def tab_to(page, selector: str, limit: int = 60) -> None:
+def tab_to(page, selector: str, limit: int = 60, key: str = "Tab") -> None:
     for _ in range(limit):
-        page.keyboard.press("Tab")
+        page.keyboard.press(key)
         if page.evaluate("(s) => document.activeElement && document.activeElement.matches(s)", selector):
             return
     raise AssertionError(f"Tab never reached {selector}")
@@ -30,13 +30,15 @@ def test_a_person_chats_and_regenerates_with_the_keyboard_alone(page, embedded_s
     page.keyboard.type(ADMIN_PASSWORD)
     page.keyboard.press("Enter")
     page.wait_for_url(f"{embedded_server.base_url}/")
-    tab_to(page, "#model-picker")
+    expect(page.locator("#prompt")).to_be_focused()
+    # The model picker is a few steps back from the message box, however long the sidebar.
+    tab_to(page, "#model-picker", limit=12, key="Shift+Tab")
     page.select_option("#model-picker", "tiny")  # a focused <select> changes with the arrow keys, too
     tab_to(page, "#prompt")
     page.keyboard.type("Typed, not clicked")
     page.keyboard.press("Enter")
     expect(page.locator(".message.assistant .stats")).to_contain_text("tokens", timeout=60_000)
-    tab_to(page, "button.regenerate")
+    tab_to(page, "button.regenerate", limit=12, key="Shift+Tab")  # the reply's buttons are just above the box
     page.keyboard.press("Enter")
     expect(page.locator(".message.assistant .versions .count")).to_have_text("2/2", timeout=30_000)
 

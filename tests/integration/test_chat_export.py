@@ -217,3 +217,29 @@ def test_nobody_shares_another_users_conversation(client, alice):
     theirs = branching_conversation(bob)
     assert client.post(f"/c/{theirs.pk}/share/").status_code == 404
     assert client.get(f"/c/{theirs.pk}/share/").status_code == 405
+
+
+def test_a_snapshot_shared_with_a_group_opens_for_its_members_only(client, alice):
+    from django.contrib.auth.models import Group
+
+    research, sales = Group.objects.create(name="research"), Group.objects.create(name="sales")
+    alice.groups.add(research)
+    carol = get_user_model().objects.create_user("carol", password="pw-carol-123")  # in research
+    carol.groups.add(research)
+    dave = get_user_model().objects.create_user("dave", password="pw-dave-123")  # in no group
+    conversation = branching_conversation(alice)
+    assert f'<option value="{research.pk}">the members of research</option>' in client.get(
+        f"/c/{conversation.pk}/").content.decode()
+    refused = client.post(f"/c/{conversation.pk}/share/", {"group": sales.pk}, follow=True)
+    assert "only with a group you belong to" in refused.content.decode()
+    assert not conversation.shares.exists()
+    link = client.post(f"/c/{conversation.pk}/share/", {"group": research.pk})["Location"]
+    assert "for the members of research" in client.get(link).content.decode()
+    client.force_login(carol)
+    assert client.get(link).status_code == 200
+    client.force_login(dave)
+    outsider = client.get(link)
+    assert outsider.status_code == 404 and "Moon facts" not in outsider.content.decode()
+    research.delete()  # the group goes: its links go with it
+    client.force_login(carol)
+    assert client.get(link).status_code == 404

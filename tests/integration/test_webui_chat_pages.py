@@ -56,6 +56,20 @@ def test_it_renders_the_latest_50_of_2000_messages_with_a_fixed_number_of_querie
     assert 'id="load-older"' in html
 
 
+def test_the_page_carries_each_text_exactly_for_copy_and_edit(client, alice):
+    """HTML parsing turns \r into \n and drops NUL in the bubbles; the JSON copy keeps the reply as streamed."""
+    import json
+    import re
+
+    conversation = Conversation.objects.create(owner=alice, title="Odd bytes")
+    reply = thread(conversation, ["a\r\nb", "x\ry\u0000z </script><b>"])
+    html = client.get(f"/c/{conversation.pk}/").content.decode()
+    found = re.search(r'<script id="message-texts" type="application/json">(.*?)</script>', html, re.S)
+    texts = json.loads(found.group(1))
+    assert texts[str(reply.pk)] == "x\ry\u0000z </script><b>"
+    assert texts[str(reply.parent_id)] == "a\r\nb"
+
+
 def test_the_number_of_queries_does_not_grow_with_the_history(client, alice, django_assert_max_num_queries):
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
@@ -171,6 +185,6 @@ def test_the_playground_page_lists_the_models(client, alice):
 
 def test_a_long_conversation_deletes_in_few_queries(client, alice, django_assert_max_num_queries):
     conversation = long_conversation(alice, 2000)
-    with django_assert_max_num_queries(31):  # 30, and one for its shared links (SharedConversation)
+    with django_assert_max_num_queries(32):  # 30, one for its shared links (SharedConversation), one for its tags
         assert client.post(f"/c/{conversation.pk}/delete/").status_code == 302
     assert not Message.objects.filter(conversation_id=conversation.pk).exists()

@@ -164,3 +164,29 @@ def test_a_job_of_n_choices_counts_as_n_generations_against_its_keys_limit(alice
     assert check_concurrency(key, 1) is None
     over = check_concurrency(key, 2)
     assert over.status_code == 429 and "already has 3 generations" in json.loads(over.content)["error"]["message"]
+
+
+def test_a_prompt_longer_than_a_chunk_reports_how_much_of_it_is_read_before_the_first_token(alice, tiny, settings):
+    from inference import runner
+
+    def fresh_engine():
+        runner.engine().stop()
+        runner.engine.cache_clear()
+
+    fresh_engine()
+    settings.HEARTH_PREFILL_CHUNK_TOKENS = 16
+    try:
+        job = claim(queue_job(alice, tiny, "word " * 60, n=1, max_tokens=3))
+        run_generation_job(job, WORKER)
+    finally:
+        settings.HEARTH_PREFILL_CHUNK_TOKENS = 512
+        fresh_engine()
+    events = events_of(job)
+    kinds = [event["kind"] for event in events]
+    first_token = kinds.index("token")
+    progress = [event for event in events if event["kind"] == "progress"]
+    assert kinds[0] == "started" and set(kinds[1:first_token]) == {"progress"}
+    assert "progress" not in kinds[first_token:]
+    total = events[0]["prompt_tokens"]
+    assert [event["prompt_tokens_read"] for event in progress] == list(range(16, total, 16))
+    assert {event["prompt_tokens"] for event in progress} == {total}

@@ -6,7 +6,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
-from api.models import ApiKey
+from api.services import key_create
 
 ADMIN_USERNAME = "admin"
 
@@ -27,7 +27,7 @@ class Command(BaseCommand):
             return
         password = os.environ.get("HEARTH_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
         admin = users.objects.create_superuser(ADMIN_USERNAME, email="", password=password)
-        _key, api_key = ApiKey.objects.issue(admin, name="created on first run")
+        _key, api_key = key_create(None, admin, name="created on first run")
         secret_file.parent.mkdir(parents=True, exist_ok=True)
         descriptor = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w") as handle:

@@ -1,7 +1,7 @@
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from api.models import ApiKey
+from api.services import key_create
 
 
 class Command(BaseCommand):
@@ -17,5 +17,5 @@ class Command(BaseCommand):
             raise CommandError(f"No user named {username!r}.")
         if not user.is_active:
             raise CommandError(f"The user {username!r} is deactivated.")
-        _key, text = ApiKey.objects.issue(user, name=name)
+        _key, text = key_create(None, user, name=name)
         self.stdout.write(text)
