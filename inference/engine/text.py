@@ -86,11 +86,17 @@ class StreamingDetokenizer:
             return ""  # an incomplete character: wait for the bytes that finish it
         self._prefix_offset = self._read_offset
         self._read_offset = len(self._tokens)
-        return current[len(emitted) :]
+        return _printable(current[len(emitted) :])
 
     def flush(self) -> str:
         """Whatever is still held back at the end (a character that never completed)."""
         emitted = self._decode(self._tokens[self._prefix_offset : self._read_offset])
         current = self._decode(self._tokens[self._prefix_offset :])
         self._prefix_offset = self._read_offset = len(self._tokens)
-        return current[len(emitted) :] if len(current) > len(emitted) else ""
+        return _printable(current[len(emitted) :]) if len(current) > len(emitted) else ""
+
+
+def _printable(text: str) -> str:
+    """A model's text never carries NUL: Postgres cannot store it and HTML drops it, so the reply streamed, the one
+    stored and the one a page shows would differ. It becomes U+FFFD, as an undecodable byte does."""
+    return text.replace("\x00", REPLACEMENT_CHAR)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from inference.engine.text import StopStrings, Utf8Stream
+from inference.engine.text import REPLACEMENT_CHAR, StopStrings, StreamingDetokenizer, Utf8Stream
 
 
 def test_it_emits_a_multibyte_character_only_when_complete():
@@ -13,6 +13,12 @@ def test_it_emits_a_multibyte_character_only_when_complete():
     out = [stream.feed(data[i : i + 1]) for i in range(len(data))]
     assert "".join(out) == "é€😀"
     assert all(piece in ("", "é", "€", "😀") for piece in out)
+
+
+def test_a_nul_a_model_emits_becomes_the_replacement_character_so_every_copy_of_the_reply_is_the_same():
+    vocabulary = {1: "a", 2: "\x00", 3: "b"}
+    stream = StreamingDetokenizer(lambda ids: "".join(vocabulary[i] for i in ids))
+    assert [stream.add(i) for i in (1, 2, 3)] == ["a", REPLACEMENT_CHAR, "b"]
 
 
 @pytest.mark.parametrize(
