@@ -1,5 +1,9 @@
 from django.contrib import admin
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import GroupAdmin, UserAdmin
+from django.contrib.auth.models import Group
 
+from inference.admin import AuditedAdmin
 from webui.models import Conversation, Message, SharedConversation, Upload
 
 
@@ -33,3 +37,18 @@ class SharedConversationAdmin(admin.ModelAdmin):
     search_fields = ("title", "owner__username")
     raw_id_fields = ("conversation",)
     readonly_fields = ("token", "snapshot", "created_at")
+
+
+# Users and groups: Django's own admin pages, with their changes in Hearth's audit trail too.
+admin.site.unregister(get_user_model())
+admin.site.unregister(Group)
+
+
+@admin.register(get_user_model())
+class AuditedUserAdmin(AuditedAdmin, UserAdmin):
+    audit_name = "user"
+
+
+@admin.register(Group)
+class AuditedGroupAdmin(AuditedAdmin, GroupAdmin):
+    audit_name = "group"

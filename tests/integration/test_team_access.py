@@ -364,3 +364,26 @@ def test_model_uploads_imports_conversions_deletions_and_command_keys_are_record
     assert recorded[5][:2] == ("system", "key.create")
     assert AuditEvent.objects.get(action="model.quantize").details == {
         "to": "gguf", "options": {"type": "q8_0"}, "result": "hf-tiny-q8_0"}
+
+
+def test_changes_made_in_the_django_admin_are_recorded_too(client, team):
+    root = User.objects.create_superuser("root", password="root-pass-123")
+    client.force_login(root)
+    assert client.post("/admin/auth/group/add/", {"name": "ops"}).status_code == 302
+    ops = Group.objects.get(name="ops")
+    olga = team["people"]["olga"]
+    page = client.get(f"/admin/auth/user/{olga.pk}/change/")
+    assert page.status_code == 200
+    form = {"username": "olga", "date_joined_0": "2026-01-01", "date_joined_1": "00:00:00",
+            "is_active": "on", "groups": [ops.pk]}
+    assert client.post(f"/admin/auth/user/{olga.pk}/change/", form).status_code == 302
+    assert list(olga.groups.values_list("name", flat=True)) == ["ops"]
+    model = LocalModel.objects.get(name="open-chat")
+    client.post("/admin/inference/localmodel/", {"action": "delete_selected", "_selected_action": [model.pk],
+                                                 "post": "yes"})
+    assert not LocalModel.objects.filter(pk=model.pk).exists()
+    client.post(f"/admin/auth/group/{ops.pk}/delete/", {"post": "yes"})
+    recorded = list(AuditEvent.objects.order_by("id").values_list("actor_name", "action", "target"))
+    assert recorded == [("root", "group.create", "ops"), ("root", "user.change", "olga"),
+                        ("root", "model.delete", "open-chat"), ("root", "group.delete", "ops")]
+    assert all(e.details["via"] == "Django admin" for e in AuditEvent.objects.all())
