@@ -261,18 +261,20 @@ def admit(owner, api_key, model, request, now: datetime | None = None) -> Admiss
             reserved=F("reserved") + tokens)
         if not taken:
             _refuse(quotas, counters, now)
-    fresh = {counter.pk: counter for counter in QuotaCounter.objects.filter(
-        pk__in=[counter.pk for counter, _ in counters.values()])}
-    found = [QuotaState(quota, fresh[counters[quota.pk][0].pk].used, fresh[counters[quota.pk][0].pk].reserved,
-                        counters[quota.pk][1]) for quota in quotas]
+    found = _states_now(quotas, counters)
     return Admission(tokens, [counter.pk for counter, _ in counters.values()], tightest(found))
 
 
-def _refuse(quotas, counters, now: datetime):
+def _states_now(quotas, counters) -> list[QuotaState]:
+    """Each quota's state as its counter row holds it now (read again: other requests move it)."""
     fresh = {counter.pk: counter for counter in QuotaCounter.objects.filter(
         pk__in=[counter.pk for counter, _ in counters.values()])}
-    found = [QuotaState(quota, fresh[counters[quota.pk][0].pk].used, fresh[counters[quota.pk][0].pk].reserved,
-                        counters[quota.pk][1]) for quota in quotas]
+    return [QuotaState(quota, fresh[counters[quota.pk][0].pk].used, fresh[counters[quota.pk][0].pk].reserved,
+                       counters[quota.pk][1]) for quota in quotas]
+
+
+def _refuse(quotas, counters, now: datetime):
+    found = _states_now(quotas, counters)
     spent = [state for state in found if state.remaining == 0]
     # Usable again once every used-up quota has reset: the one that resets last is the one to name.
     named = max(spent, key=lambda state: (state.resets_at, -state.limit)) if spent else tightest(found)
