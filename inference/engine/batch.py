@@ -68,6 +68,10 @@ class BatchModel(Protocol):
     kv_capacity: int  # KV cells all slots share (n_ctx * n_slots when each slot has its own)
     memory_bytes: int  # weights and KV cache, for the model cache's budget
     eog_ids: frozenset[int]  # tokens that end a generation
+    # True where one forward pass takes only slots with consecutive indices (llama.cpp with a KV stream per slot
+    # cuts a batch into one physical batch per run of consecutive sequence ids): the scheduler then places a new
+    # sequence beside the running ones. A backend without the attribute batches any slots together.
+    batches_adjacent_slots_only: bool
 
     def render_prompt(self, request: GenerationRequest) -> str:
         """The exact text the model sees: its chat template applied (sandboxed), or the raw prompt."""

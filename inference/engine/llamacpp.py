@@ -281,6 +281,10 @@ class KVCells:
 class LlamaCppModel:
     """A GGUF model in one llama.cpp context with `n_slots` sequences, a KV stream each (see the module doc)."""
 
+    # With a stream per sequence llama.cpp puts only consecutive sequence ids in one physical batch
+    # (llama_batch_allocr::split_equal, "sequential"): sequences in slots 0, 2, 5, 7 take four forward passes.
+    batches_adjacent_slots_only = True
+
     def __init__(self, spec: ModelSpec):
         import llama_cpp
 

@@ -306,10 +306,12 @@ class Scheduler:
 
         def choice(index: int) -> tuple:
             """A slot's prefix is worth reusing when it keeps at least as much as it discards (or a long run);
-            else an empty slot is best, then the least recently used."""
+            else a slot beside the running ones where the backend batches only adjacent slots together (one
+            forward pass a step, not one per run of slots: 4 sequences in slots 0, 2, 5, 7 decode as slowly as
+            one), then an empty slot, then the least recently used."""
             reuse, held = reuse_of(index), len(self._slots[index].tokens)
             gain = reuse if reuse >= held - reuse or reuse >= MIN_SAVED_TOKENS else 0
-            return gain, -(held - reuse), -self._slots[index].last_used
+            return gain, self._running_beside(index), -(held - reuse), -self._slots[index].last_used
 
         target = max(free, key=choice)
         reuse = reuse_of(target) if choice(target)[0] else 0
@@ -338,6 +340,13 @@ class Scheduler:
         sequence.cached_tokens = min(reuse, sequence.n_prompt) if sequence.n_prompt else reuse
         sequence.admitted_at = sequence.admitted_at or time.monotonic()
         self._running[sequence.id] = sequence
+
+    def _running_beside(self, index: int) -> int:
+        """How many of a slot's two neighbours run a sequence, where that keeps one forward pass a step."""
+        if not getattr(self.model, "batches_adjacent_slots_only", False):
+            return 0
+        return sum(1 for j in (index - 1, index + 1)
+                   if 0 <= j < len(self._slots) and self._slots[j].sequence is not None)
 
     def _best_running_prefix(self, sequence: Sequence) -> tuple[int | None, int]:
         """The running slot with the longest prefix of the sequence worth a copy: another choice of the same

@@ -201,3 +201,24 @@ def test_an_aborted_sequence_frees_its_slot_for_the_next(model):
     assert not scheduler.has_work()
     first.sampler.close()
     second.sampler.close()
+
+
+def test_new_sequences_go_beside_the_running_ones_where_the_model_batches_only_adjacent_slots(model):
+    if not getattr(model, "batches_adjacent_slots_only", False):
+        pytest.skip("this backend decodes any slots together in one forward pass")
+    scheduler = Scheduler(model)
+    scheduler.clear()
+    # Slots 0 and 2 keep the shortest conversations, 1 and 3 long ones: the two cheapest slots to reuse are apart.
+    short, long = "a b", "the cat sat on the mat and then the dog came in and sat down beside it " * 2
+    run(scheduler, [sequence(model, name, text) for name, text in
+                    (("s0", short), ("l1", long), ("s2", short), ("l3", long))], 2)
+    assert [len(slot.tokens) < 10 for slot in scheduler._slots] == [True, False, True, False]
+    newcomers = [sequence(model, "x", "one two three"), sequence(model, "y", "four five six")]
+    for s in newcomers:
+        scheduler.add(s)
+    scheduler.step()
+    x, y = (s.slot for s in newcomers)
+    assert abs(x - y) == 1  # one forward pass a step for both, not one each
+    for s in newcomers:
+        scheduler.finish(s.id)
+        s.sampler.close()
