@@ -5,6 +5,11 @@ draw (`dist`), or `greedy` at temperature 0; samplers whose setting changes noth
 `llama_sampler_sample` runs it on the logits of one batch position and accepts the token it picks into every
 sampler of the chain (the penalty window), so the chain is the sequence's whole state.
 
+A chain that is `greedy` alone (temperature 0, no bias, no penalties) is not run: its choice is the logits'
+argmax, which numpy finds in a tenth of the time `llama_sampler_sample` takes to copy the 262k logits into
+candidates first (0.03 against 0.29 ms per token for the demo model; 8 sequences x 0.26 ms is 3 % of a decode
+step on 2 cores). Both take the first of equal maxima.
+
 A grammar (structured output) stands beside the chain, as in llama.cpp's own `common_sampler`: the chain picks a
 token from all the logits, the grammar checks that one token, and only when it refuses is the choice made again
 from the logits the grammar allows. Checking every token of a 262k vocabulary at every step would cost more than
@@ -34,10 +39,11 @@ class LlamaSampler:
     """One sequence's sampling state: a llama_sampler chain, its grammar (0: none), and how many alternatives to
     report with each token (None: no log probabilities)."""
 
-    def __init__(self, chain: int, top_logprobs: int | None, grammar: int = 0):
+    def __init__(self, chain: int, top_logprobs: int | None, grammar: int = 0, greedy: bool = False):
         self.chain = chain
         self.grammar = grammar
         self.top_logprobs = top_logprobs
+        self.greedy = greedy  # the chain is `greedy` alone: its choice is the argmax (module doc)
         self._candidates = None  # (V,) llama_token_data, for the grammar's second choice
 
     def sample(self, context: int, index: int, n_vocab: int) -> int:
@@ -45,6 +51,8 @@ class LlamaSampler:
         import llama_cpp
 
         if not self.grammar:
+            if self.greedy:  # greedy keeps no state to accept a token into
+                return int(logits_at(context, index, n_vocab).argmax())
             return llama_cpp.llama_sampler_sample(self.chain, context, index)
         logits = logits_at(context, index, n_vocab)
         token = self._choose(logits, with_grammar=False)
@@ -127,6 +135,7 @@ def build_sampler(vocab: int, n_vocab: int, n_ctx: int, request: GenerationReque
             llama_cpp.llama_sampler_chain_add(chain, penalties)
         for link in _filters_and_draw(params):
             llama_cpp.llama_sampler_chain_add(chain, link)
+        sampler.greedy = params.greedy and not bias and not penalties
         if penalties:
             window = penalty_window(params.repeat_last_n, n_ctx)
             for token in history[-window:]:

@@ -47,10 +47,10 @@ def model(gguf_path):
     loaded.close()
 
 
-def greedy_tokens(model, prompt: list[int], n: int, slot: int = 0) -> list[int]:
+def greedy_tokens(model, prompt: list[int], n: int, slot: int = 0, sampler=None) -> list[int]:
     request = GenerationRequest(prompt="", sampling=NEVER_END)
     model.kv_trim(slot, 0)
-    sampler = model.sampler(request, prompt, len(prompt))
+    sampler = sampler or model.sampler(request, prompt, len(prompt))
     out = [model.decode([SlotWork(slot, prompt, 0, True, sampler)])[0].token]
     while len(out) < n:
         out.append(model.decode([SlotWork(slot, [out[-1]], len(prompt) + len(out) - 1, True, sampler)])[0].token)
@@ -328,6 +328,23 @@ def test_a_sliding_window_slot_cut_back_past_its_window_is_emptied_and_says_so(s
 
 
 # -- requests end to end (scheduler + output processor) ------------------------------------------------------
+
+
+def test_a_plain_greedy_sequence_picks_exactly_what_llama_cpps_greedy_sampler_picks(model):
+    greedy = GenerationRequest(prompt="", sampling=SamplingParams(temperature=0))
+    prompt = model.tokenize("the cat sat on the")
+    argmax = model.sampler(greedy, prompt, len(prompt))
+    chain = model.sampler(greedy, prompt, len(prompt))
+    chain.greedy = False  # through llama_sampler_sample, as any other chain
+    assert argmax.greedy
+    assert greedy_tokens(model, prompt, 24, sampler=argmax) == greedy_tokens(model, prompt, 24, sampler=chain)
+
+
+@pytest.mark.parametrize("sampling", [NEVER_END, SamplingParams(temperature=0, repeat_penalty=1.3),
+                                      SamplingParams(temperature=0.7)], ids=["logit bias", "penalty", "temperature"])
+def test_a_chain_with_more_than_greedy_in_it_is_run_by_llama_cpp(model, sampling):
+    prompt = model.tokenize("the cat")
+    assert not model.sampler(GenerationRequest(prompt="", sampling=sampling), prompt, len(prompt)).greedy
 
 
 def test_it_streams_a_reply_until_the_token_budget(model):
