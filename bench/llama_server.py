@@ -5,7 +5,9 @@ same kernels with the same build flags, into `$HEARTH_BENCH_CACHE/llama-server-<
 ~/.cache/hearth-bench). `llama_server_binary()` gives that binary, building it the first time (several minutes on
 2 cores) or when the build options changed (`cmake_options()`: the Makefile's flags for llama-cpp-python and
 $CMAKE_ARGS), or None with a one-line reason printed. `running_llama_server(...)` starts it on a free port, waits for
-`/health`, and stops it on exit.
+`/health`, and stops it on exit. `HEARTH_LLAMA_SERVER=/path/to/llama-server` uses that binary instead (a build of
+one's own, e.g. with CUDA on a machine without internet; its options are read from a `cmake-options.txt` beside it
+if there is one).
 
 Build by hand: `python -m bench.llama_server` (prints the binary's path).
 """
@@ -37,7 +39,7 @@ CMAKE_OPTIONS = [
     "-DBUILD_SHARED_LIBS=OFF",  # one self-contained binary that can be copied out of the build tree
     "-DCMAKE_BUILD_TYPE=Release",
 ]
-BUILD_JOBS = 2
+BUILD_JOBS = os.cpu_count() or 2
 OPTIONS_FILE = "cmake-options.txt"  # beside the binary: the options it was built with
 
 
@@ -59,7 +61,13 @@ def cache_root() -> Path:
 
 def llama_server_binary(version: str | None = None) -> Path | None:
     """The cached llama-server for the installed llama-cpp-python (or `version`), built on first use; None, with
-    a one-line message on stdout saying why, when it cannot be had."""
+    a one-line message on stdout saying why, when it cannot be had. `HEARTH_LLAMA_SERVER` names a binary to use
+    as it is."""
+    if given := os.environ.get("HEARTH_LLAMA_SERVER"):
+        if Path(given).is_file() and os.access(given, os.X_OK):
+            return Path(given)
+        print(f"llama-server: HEARTH_LLAMA_SERVER={given} is not an executable file", flush=True)
+        return None
     try:
         version = version or metadata.version(PACKAGE)
     except metadata.PackageNotFoundError:

