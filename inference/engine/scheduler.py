@@ -316,6 +316,14 @@ class Scheduler:
         target = max(free, key=choice)
         reuse = reuse_of(target) if choice(target)[0] else 0
         copy_source, copy_length = self._best_running_prefix(sequence)
+        beside = [i for i in free if self._running_beside(i)]
+        if reuse > copy_length and beside and not self._running_beside(target):
+            # Its cache lies apart from the running slots: copied beside them (one whole-stream copy, a few ms)
+            # it costs less than a forward pass more at every step while both run.
+            copy_source, copy_length = target, reuse
+            target = max(beside, key=lambda i: (self._running_beside(i), -len(self._slots[i].tokens),
+                                                -self._slots[i].last_used))
+            reuse = 0
         stored_key, stored_length = self.prefix_store.best(sequence.tokens)
         copy_length, stored_length = min(copy_length, usable), min(stored_length, usable)
         if max(copy_length, stored_length) > reuse:

@@ -222,3 +222,30 @@ def test_new_sequences_go_beside_the_running_ones_where_the_model_batches_only_a
     for s in newcomers:
         scheduler.finish(s.id)
         s.sampler.close()
+
+
+def test_a_conversation_cached_apart_from_the_running_slots_is_copied_beside_them(model):
+    if not getattr(model, "batches_adjacent_slots_only", False):
+        pytest.skip("this backend decodes any slots together in one forward pass")
+    scheduler = Scheduler(model, cache_bytes=0)
+    scheduler.clear()
+    chat = "Hearth serves a team and keeps every chat it has had"
+    others = ["the cat sat on the mat and then the dog came in and sat down beside it " * 2,
+              "a completely different conversation about boats and the sea " * 2, "a b"]
+    run(scheduler, [sequence(model, "chat", chat)] + [sequence(model, f"o{i}", t) for i, t in enumerate(others)], 2)
+    # Slot 0 keeps the chat and slot 3 the shortest conversation, so a newcomer starts in slot 3, apart from 0.
+    newcomer = sequence(model, "newcomer", "one two three")
+    scheduler.add(newcomer)
+    scheduler.step()
+    assert newcomer.slot == 3
+    again = sequence(model, "again", chat + " and then some more words")
+    scheduler.add(again)
+    got = []
+    while len(got) < 6:
+        got += [o.token for o in scheduler.step() if o.sequence.id == "again"]
+    assert again.slot == 2  # beside the newcomer: one forward pass a step for both
+    assert again.cached_tokens >= len(model.tokenize(chat)) - 1  # its cache came along
+    assert got == cold(model, chat + " and then some more words", 6)
+    for s in (newcomer, again):
+        scheduler.finish(s.id)
+        s.sampler.close()
