@@ -39,11 +39,11 @@ class LlamaSampler:
     """One sequence's sampling state: a llama_sampler chain, its grammar (0: none), and how many alternatives to
     report with each token (None: no log probabilities)."""
 
-    def __init__(self, chain: int, top_logprobs: int | None, grammar: int = 0, greedy: bool = False):
+    def __init__(self, chain: int, top_logprobs: int | None, grammar: int = 0):
         self.chain = chain
         self.grammar = grammar
         self.top_logprobs = top_logprobs
-        self.greedy = greedy  # the chain is `greedy` alone: its choice is the argmax (module doc)
+        self.greedy = False  # the chain is `greedy` alone: its choice is the argmax (module doc)
         self._candidates = None  # (V,) llama_token_data, for the grammar's second choice
 
     def sample(self, context: int, index: int, n_vocab: int) -> int:
