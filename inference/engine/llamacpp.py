@@ -529,6 +529,7 @@ class LlamaCppModel:
             sampler.close()
         free_context_and_weights(self)
 
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):  # at interpreter shutdown llama_cpp may be gone already
+    # `quietly` is bound here: at interpreter shutdown the module's globals (contextlib, llama_cpp) may be None.
+    def __del__(self, quietly=contextlib.suppress) -> None:
+        with quietly(Exception):
             self.close()

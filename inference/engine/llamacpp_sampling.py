@@ -102,8 +102,9 @@ class LlamaSampler:
         if grammar:
             llama_cpp.llama_sampler_free(grammar)
 
-    def __del__(self) -> None:  # a sampler dropped without close() still frees its chain
-        with contextlib.suppress(Exception):  # at interpreter shutdown llama_cpp may be gone already
+    # `quietly` is bound here: at interpreter shutdown the module's globals (contextlib, llama_cpp) may be None.
+    def __del__(self, quietly=contextlib.suppress) -> None:  # a sampler dropped without close() still frees its chain
+        with quietly(Exception):
             self.close()
 
 
