@@ -15,7 +15,7 @@
 # OUT gets: py/ (llama_cpp package + a dist-info), lib/ (the shared libraries), bin/llama-server with
 # cmake-options.txt beside it. On the GPU machine: LD_LIBRARY_PATH=OUT/lib plus the CUDA runtime and cuBLAS 13
 # libraries (e.g. PyTorch's), PYTHONPATH=OUT/py, HEARTH_LLAMA_SERVER=OUT/bin/llama-server (bench/cuda_run.sh).
-# About 45 minutes on 2 cores for one architecture (its steps were run by hand once; the script whole, not yet).
+# About 30 minutes on 2 cores for one architecture (27 on an idle 2-core machine, 2026-11-28).
 set -euo pipefail
 OUT=$(realpath -m "$1")
 ARCH=${2:-90}
