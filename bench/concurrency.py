@@ -229,6 +229,21 @@ def run_streams(target: Target, clients: list[httpx.Client], n: int, tokens: int
     return StreamsResult(n, [s for s in results if s is not None])
 
 
+def start_all(stack, servers: list[tuple[str, Callable[[int], Any]]], n_ctx: int, client: httpx.Client,
+              problems: list[str], what: str) -> list[Target]:
+    """Every server started (kept running until `stack` closes) and warmed up; one that fails is a problem."""
+    targets = []
+    for name, start in servers:
+        print(f"{name}: {what}", flush=True)
+        try:
+            target = stack.enter_context(start(n_ctx))
+            warm_up(target, client)
+        except RuntimeError as error:
+            problems.append(f"{name}: {error}")
+            continue
+        targets.append(target)
+    return targets
+
 def run_streams_interleaved(servers: list[tuple[str, Callable[[int], Any]]], clients: list[httpx.Client],
                             streams: list[int], tokens: int, rounds: int, problems: list[str]
                             ) -> tuple[dict[str, list[StreamsResult]], str]:
@@ -240,16 +255,8 @@ def run_streams_interleaved(servers: list[tuple[str, Callable[[int], Any]]], cli
 
     runs: dict[str, dict[int, list[StreamsResult]]] = {name: {n: [] for n in streams} for name, _ in servers}
     with ExitStack() as stack:
-        targets = []
-        for name, start in servers:
-            print(f"{name}: (a) streams {','.join(map(str, streams))}, {rounds} rounds taking turns", flush=True)
-            try:
-                target = stack.enter_context(start(N_CTX))
-                warm_up(target, clients[0])
-            except RuntimeError as error:
-                problems.append(f"{name}: {error}")
-                continue
-            targets.append(target)
+        targets = start_all(stack, servers, N_CTX, clients[0], problems,
+                            f"(a) streams {','.join(map(str, streams))}, {rounds} rounds taking turns")
         for round_ in range(rounds):
             for n in streams:
                 for target in targets if round_ % 2 == 0 else targets[::-1]:
@@ -281,17 +288,8 @@ def run_chats_interleaved(servers: list[tuple[str, Callable[[int], Any]]], clien
     from contextlib import ExitStack
 
     with ExitStack() as stack:
-        targets = []
-        for name, start in servers:
-            print(f"{name}: (b) chat, 2 users x {len(next(iter(messages.values())))} turns, servers taking turns",
-                  flush=True)
-            try:
-                target = stack.enter_context(start(chat_ctx))
-                warm_up(target, client)
-            except RuntimeError as error:
-                problems.append(f"{name}: {error}")
-                continue
-            targets.append(target)
+        targets = start_all(stack, servers, chat_ctx, client, problems,
+                            f"(b) chat, 2 users x {len(next(iter(messages.values())))} turns, servers taking turns")
         results = run_chats(targets, client, messages, CHAT_MAX_TOKENS)
         for target in targets:
             failed = [t for t in results[target.name] if t.stream.error]
@@ -414,6 +412,13 @@ class Machine:
 
     def __str__(self) -> str:
         return f"{self.threads} threads" + ("" if self.gpu_layers is None else f", {self.gpu_layers} GPU layers")
+
+
+def add_machine_arguments(parser: argparse.ArgumentParser) -> None:
+    """--threads, --gpu-layers and --model, the same in every bench that puts Hearth beside llama.cpp."""
+    parser.add_argument("--threads", type=int, default=THREADS, help=f"CPU threads on each side (default {THREADS})")
+    parser.add_argument("--gpu-layers", type=int, help="layers offloaded to the GPU on each side (999: all)")
+    parser.add_argument("--model", type=Path, help="a GGUF file (default: the demo model)")
 
 
 def warm_up(target: Target, client: httpx.Client) -> None:
@@ -586,9 +591,7 @@ def main() -> None:
                         help="with all servers up at once, taking turns: (a) this many rounds (median) and (b) "
                              "turn by turn (default 1: each server alone, one after the other)")
     parser.add_argument("--plot", type=Path, help="plot (a) here: PNG/SVG by suffix with matplotlib, else SVG")
-    parser.add_argument("--threads", type=int, default=THREADS, help=f"CPU threads of each server (default {THREADS})")
-    parser.add_argument("--gpu-layers", type=int, help="layers offloaded to the GPU by both servers (999: all)")
-    parser.add_argument("--model", type=Path, help="a GGUF file (default: the demo model)")
+    add_machine_arguments(parser)
     args = parser.parse_args(sys.argv[1:])
     streams = [int(n) for n in args.streams.split(",") if n.strip()]
     model = args.model or demo_model()

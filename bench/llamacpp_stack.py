@@ -19,7 +19,6 @@ import httpx
 
 PROMPT = "The capital of France is"
 TOKENS = 128
-THREADS = 2
 N_CTX = 2048
 ROUNDS = 5
 
@@ -75,20 +74,17 @@ def main() -> None:
 
     import llama_cpp
 
-    from bench.concurrency import demo_model
+    from bench.concurrency import Machine, add_machine_arguments, demo_model
     from tests.servers import start_embedded
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=ROUNDS, help="interleaved rounds of each (median)")
     parser.add_argument("--stream-interval-ms", default=None, help="HEARTH_STREAM_INTERVAL_MS for the server")
-    parser.add_argument("--threads", type=int, default=THREADS, help=f"CPU threads on both sides (default {THREADS})")
-    parser.add_argument("--gpu-layers", type=int, help="layers offloaded to the GPU on both sides (999: all)")
-    parser.add_argument("--model", type=Path, help="a GGUF file (default: the demo model)")
+    add_machine_arguments(parser)
     args = parser.parse_args(sys.argv[1:])
     rounds, threads = args.rounds, args.threads
     extra = {} if args.stream_interval_ms is None else {"HEARTH_STREAM_INTERVAL_MS": args.stream_interval_ms}
-    if args.gpu_layers is not None:
-        extra["HEARTH_N_GPU_LAYERS"] = str(args.gpu_layers)
+    extra.update(Machine(threads, args.gpu_layers).hearth_env())
     model_path = str(args.model or demo_model())
     server = start_embedded(Path(tempfile.mkdtemp(prefix="hearth-bench-")), {"demo": Path(model_path)},
                             HEARTH_MAX_CTX=str(N_CTX), HEARTH_N_THREADS=str(threads), **extra)
