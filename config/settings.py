@@ -131,7 +131,7 @@ if env_str("DATABASE_URL"):
 else:
     DATABASES = {
         "default": {
-            "ENGINE": "django.db.backends.sqlite3",
+            "ENGINE": "config.sqlite",  # SQLite, writers queued in-process (config/sqlite/base.py)
             "NAME": env_str("HEARTH_SQLITE_PATH", str(DATA_DIR / "hearth.sqlite3")),
             "OPTIONS": {
                 # WAL lets the web server read while the worker writes; the busy timeout waits out a writer.
@@ -224,8 +224,8 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 if PRODUCTION:
     CELERY_BROKER_TRANSPORT_OPTIONS = redis_config.celery_transport_options()
 else:
-    # kombu's in-memory transport polls; its default second of polling would be a second of latency per job.
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"polling_interval": 0.01}
+    # kombu's in-memory transport, woken by each message instead of polling (config/memory_broker.py).
+    CELERY_BROKER_TRANSPORT = "config.memory_broker:Transport"
 
 # Generation
 HEARTH_MAX_CTX = env_int("HEARTH_MAX_CTX", 8192, minimum=64)
