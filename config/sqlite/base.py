@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
+from functools import cached_property
 
 from django.db import OperationalError
 from django.db.backends.sqlite3 import base
@@ -61,11 +62,11 @@ def _is_write(query: str) -> bool:
 class DatabaseWrapper(base.DatabaseWrapper):
     holds_write_lock = False
 
-    @property
+    @cached_property
     def _lock(self) -> threading.Lock:
         return _write_lock(str(self.settings_dict["NAME"]))
 
-    @property
+    @cached_property
     def _lock_timeout(self) -> float:
         return float(self.settings_dict["OPTIONS"].get("timeout", DEFAULT_TIMEOUT_SECONDS))
 
