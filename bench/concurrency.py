@@ -5,8 +5,9 @@ HEARTH_WORKER_SLOTS, llama-server's `-np`) and the same KV cache in all: llama-s
 slots, so it gets `-c slots x n_ctx`, and Hearth gets HEARTH_MAX_CTX = n_ctx per sequence with
 HEARTH_KV_TOKENS = slots x n_ctx shared by them. Each server runs alone (the other one stopped), one after the other.
 
-(a) N concurrent streams (`--streams`, default 1,2,4,8,16): raw `/v1/completions`, greedy, `max_tokens`
-    `--tokens` (128), a distinct short prompt per stream, all sent at once. Aggregate tok/s = completion tokens
+(a) N concurrent streams (`--streams`, default 1,2,4,8,16): raw `/v1/completions`, greedy (`--temperature` T:
+    sampled at T, stream i with seed i, every other setting each server's default), `max_tokens` `--tokens` (128),
+    a distinct short prompt per stream, all sent at once. Aggregate tok/s = completion tokens
     of all streams (usage where the server gives it, else streamed chunks) / wall time from the first request
     sent to the last stream ended; time to first token (TTFT) median and worst over the streams.
 (b) Two users take turns (`--turns`, default 10, each) on `/v1/chat/completions`, each message ~250 tokens of
@@ -201,12 +202,14 @@ class StreamsResult:
             [f"{self.n - len(self.ttfts)} stream(s) streamed no text"] if len(self.ttfts) < self.n else [])
 
 
-def completion_body(prompt: str, max_tokens: int) -> dict:
-    return {"model": "demo", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}}
+def completion_body(prompt: str, max_tokens: int, temperature: float = 0.0, seed: int = 0) -> dict:
+    sampled = {"seed": seed} if temperature > 0 else {}
+    return {"model": "demo", "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature, **sampled,
+            "stream": True, "stream_options": {"include_usage": True}}
 
 
-def run_streams(target: Target, clients: list[httpx.Client], n: int, tokens: int, round_: int = 0) -> StreamsResult:
+def run_streams(target: Target, clients: list[httpx.Client], n: int, tokens: int, round_: int = 0,
+                temperature: float = 0.0) -> StreamsResult:
     """`n` raw completions sent together (a barrier releases the threads), each its own prompt (and another one in
     each round, so that no round finds the prompts of the one before in a server's cache)."""
     results: list[Stream | None] = [None] * n
@@ -216,7 +219,8 @@ def run_streams(target: Target, clients: list[httpx.Client], n: int, tokens: int
     def one(i: int) -> None:
         topic = TOPICS[i % len(TOPICS)]
         story = label.format(i=i)
-        body = completion_body(f"Story {story}. This is a long story about {topic}. Once upon a time,", tokens)
+        body = completion_body(f"Story {story}. This is a long story about {topic}. Once upon a time,", tokens,
+                               temperature, seed=i)
         barrier.wait()
         results[i] = post_stream(clients[i], target, "/v1/completions", body)
 
@@ -245,8 +249,8 @@ def start_all(stack, servers: list[tuple[str, Callable[[int], Any]]], n_ctx: int
     return targets
 
 def run_streams_interleaved(servers: list[tuple[str, Callable[[int], Any]]], clients: list[httpx.Client],
-                            streams: list[int], tokens: int, rounds: int, problems: list[str]
-                            ) -> tuple[dict[str, list[StreamsResult]], str]:
+                            streams: list[int], tokens: int, rounds: int, problems: list[str],
+                            temperature: float = 0.0) -> tuple[dict[str, list[StreamsResult]], str]:
     """(a) with every server up at once (the idle ones take no CPU to speak of) and the servers taking turns for
     each stream count, in alternating order, `rounds` times: a slower or faster moment of a shared host falls on
     both. Gives the round with the median tok/s per server and stream count, and a table of every round with
@@ -260,7 +264,7 @@ def run_streams_interleaved(servers: list[tuple[str, Callable[[int], Any]]], cli
         for round_ in range(rounds):
             for n in streams:
                 for target in targets if round_ % 2 == 0 else targets[::-1]:
-                    result = run_streams(target, clients, n, tokens, round_ + 1)
+                    result = run_streams(target, clients, n, tokens, round_ + 1, temperature)
                     runs[target.name][n].append(result)
                     print(f"  round {round_ + 1}, {target.name}, {n:>3} streams: {result.tok_s:7.1f} tok/s",
                           flush=True)
@@ -436,9 +440,10 @@ def ms(seconds: float | None) -> str:
     return "—" if seconds is None else f"{seconds * 1000:.0f}"
 
 
-def print_streams_table(results: dict[str, list[StreamsResult]], tokens: int) -> None:
+def print_streams_table(results: dict[str, list[StreamsResult]], tokens: int, temperature: float = 0.0) -> None:
     names = list(results)
-    print(f"\n(a) N concurrent streams x {tokens} tokens, /v1/completions, greedy; aggregate tok/s = completion "
+    how = f"temperature {temperature:g}, seeded" if temperature > 0 else "greedy"
+    print(f"\n(a) N concurrent streams x {tokens} tokens, /v1/completions, {how}; aggregate tok/s = completion "
           f"tokens / (first request sent -> last stream ended); TTFT in ms")
     header = f"{'streams':>7}"
     for name in names:
@@ -584,6 +589,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", default=STREAMS, help=f"numbers of concurrent streams (default {STREAMS})")
     parser.add_argument("--tokens", type=int, default=TOKENS, help=f"max_tokens per stream (default {TOKENS})")
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="(a) sampled at this temperature, stream i with seed i (default 0: greedy)")
     parser.add_argument("--turns", type=int, default=TURNS, help=f"chat turns per user (default {TURNS}; 0 skips)")
     parser.add_argument("--slots", type=int, default=SLOTS, help=f"sequences decoded together (default {SLOTS})")
     parser.add_argument("--skip-llama-server", action="store_true", help="measure Hearth alone")
@@ -631,7 +638,7 @@ def main() -> None:
     try:
         if streams and args.rounds > 1:
             streams_results, rounds_table = run_streams_interleaved(servers, clients, streams, args.tokens,
-                                                                    args.rounds, problems)
+                                                                    args.rounds, problems, args.temperature)
         for name, start in servers:
             try:
                 if streams and args.rounds == 1:
@@ -640,7 +647,7 @@ def main() -> None:
                         warm_up(target, clients[0])
                         rows = streams_results[name] = []
                         for n in streams:
-                            result = run_streams(target, clients, n, args.tokens)
+                            result = run_streams(target, clients, n, args.tokens, temperature=args.temperature)
                             rows.append(result)
                             print(f"  {n:>3} streams: {result.tok_s:7.1f} tok/s, {result.tokens} tokens in "
                                   f"{result.wall:.2f} s", flush=True)
@@ -664,7 +671,7 @@ def main() -> None:
         for client in clients:
             client.close()
     if streams_results:
-        print_streams_table(streams_results, args.tokens)
+        print_streams_table(streams_results, args.tokens, args.temperature)
     if args.rounds > 1 and streams_results:
         print(rounds_table)
     if chat_results:
