@@ -10,6 +10,9 @@ argmax, which numpy finds in a tenth of the time `llama_sampler_sample` takes to
 candidates first (0.03 against 0.29 ms per token for the demo model; 8 sequences x 0.26 ms is 3 % of a decode
 step on 2 cores). Both take the first of equal maxima.
 
+A chain of `temp` + `dist` alone (temperature > 0 with OpenAI's defaults: no top-k, top-p 1, min-p 0, no bias, no
+penalties) is not run either: `SoftmaxDraw` draws from the same distribution in an eighth of the time.
+
 A grammar (structured output) stands beside the chain, as in llama.cpp's own `common_sampler`: the chain picks a
 token from all the logits, the grammar checks that one token, and only when it refuses is the choice made again
 from the logits the grammar allows. Checking every token of a 262k vocabulary at every step would cost more than
@@ -30,6 +33,7 @@ from inference.engine.sampling import SamplingParams
 
 MAX_TOP_LOGPROBS = 20
 BANNED = -100.0  # a logit bias at or below this bans the token (OpenAI's convention)
+DRAW_BLOCK = 1024  # SoftmaxDraw sums the probabilities in blocks of this many
 
 
 _CLOSING = threading.Lock()
@@ -44,6 +48,7 @@ class LlamaSampler:
         self.grammar = grammar
         self.top_logprobs = top_logprobs
         self.greedy = False  # the chain is `greedy` alone: its choice is the argmax (module doc)
+        self.draw: SoftmaxDraw | None = None  # the chain is `temp` + `dist` alone: this draws instead (module doc)
         self._candidates = None  # (V,) llama_token_data, for the grammar's second choice
 
     def sample(self, context: int, index: int, n_vocab: int) -> int:
@@ -53,6 +58,8 @@ class LlamaSampler:
         if not self.grammar:
             if self.greedy:  # greedy keeps no state to accept a token into
                 return int(logits_at(context, index, n_vocab).argmax())
+            if self.draw is not None:  # nor does a plain draw, but its generator
+                return self.draw(logits_at(context, index, n_vocab))
             return llama_cpp.llama_sampler_sample(self.chain, context, index)
         logits = logits_at(context, index, n_vocab)
         token = self._choose(logits, with_grammar=False)
@@ -108,6 +115,41 @@ class LlamaSampler:
             self.close()
 
 
+class SoftmaxDraw:
+    """A token drawn from softmax(logits / temperature) over the whole vocabulary: what llama.cpp's `temp` + `dist`
+    chain does, without its cost. That chain exponentiates the logits in a scalar loop: 2.2 ms per token per
+    sequence for the demo model's 262,144 on 2 cores, ~18 ms of every 8-sequence decode step, and on a GPU machine
+    it was the step (a sampled 8-stream run went at a fifth of the greedy one). Here numpy exponentiates them at
+    once, and the draw sums the probabilities in blocks first, so that only the block the draw falls in is summed
+    entry by entry: 0.29 ms. Its generator is its own, seeded from the request (none: from the OS): a seed gives
+    the same tokens alone or in a batch, but not the tokens llama.cpp's generator would have given."""
+
+    def __init__(self, temperature: float, seed: int | None, n_vocab: int):
+        import numpy as np
+
+        self.scale = 1.0 / temperature
+        self.n_vocab = n_vocab
+        self.generator = np.random.default_rng(seed)
+        blocks = -(-n_vocab // DRAW_BLOCK)
+        self._weights = np.zeros(blocks * DRAW_BLOCK, dtype=np.float32)  # the entries past n_vocab stay 0
+
+    def __call__(self, logits) -> int:
+        import numpy as np
+
+        weights = self._weights[: self.n_vocab]
+        np.multiply(logits, self.scale, out=weights)
+        weights -= weights.max()
+        np.exp(weights, out=weights)  # unnormalized: the draw scales its point by the total instead
+        blocks = self._weights.reshape(-1, DRAW_BLOCK)
+        ends = np.cumsum(blocks.sum(axis=1, dtype=np.float64))
+        point = self.generator.random() * ends[-1]
+        block = min(int(np.searchsorted(ends, point, side="right")), len(ends) - 1)
+        start = ends[block - 1] if block else 0.0
+        offset = int(np.searchsorted(np.cumsum(blocks[block], dtype=np.float64), point - start, side="right"))
+        token = min(block * DRAW_BLOCK + min(offset, DRAW_BLOCK - 1), self.n_vocab - 1)
+        return token if weights[token] > 0 else int(weights.argmax())  # a rounding edge never picks a 0
+
+
 def logits_at(context: int, index: int, n_vocab: int):
     """(V,) float32 view of the logits llama.cpp kept for batch position `index` (valid until the next decode)."""
     import llama_cpp
@@ -137,6 +179,8 @@ def build_sampler(vocab: int, n_vocab: int, n_ctx: int, request: GenerationReque
         for link in _filters_and_draw(params):
             llama_cpp.llama_sampler_chain_add(chain, link)
         sampler.greedy = params.greedy and not bias and not penalties
+        if _draws_plainly(params) and not bias and not penalties and not sampler.grammar:
+            sampler.draw = SoftmaxDraw(params.temperature, _seed(params), n_vocab)
         if penalties:
             window = penalty_window(params.repeat_last_n, n_ctx)
             for token in history[-window:]:
@@ -205,9 +249,20 @@ def _filters_and_draw(params: SamplingParams) -> list[int]:
         links.append(llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
     if params.min_p > 0.0:
         links.append(llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
-    seed = llama_cpp.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF  # default: random
-    links += [llama_cpp.llama_sampler_init_temp(params.temperature), llama_cpp.llama_sampler_init_dist(seed)]
+    seed = _seed(params)
+    links += [llama_cpp.llama_sampler_init_temp(params.temperature),
+              llama_cpp.llama_sampler_init_dist(llama_cpp.LLAMA_DEFAULT_SEED if seed is None else seed)]
     return links
+
+
+def _seed(params: SamplingParams) -> int | None:
+    """The request's seed as a 32-bit number (None: none given, so a random one)."""
+    return None if params.seed is None else params.seed & 0xFFFFFFFF
+
+
+def _draws_plainly(params: SamplingParams) -> bool:
+    """The filters leave every token in (OpenAI's defaults): the chain is `temp` + `dist` alone."""
+    return not params.greedy and params.top_k <= 0 and params.top_p >= 1.0 and params.min_p <= 0.0
 
 
 # ---------------------------------------------------------------------------------------------------------
