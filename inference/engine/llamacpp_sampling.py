@@ -137,8 +137,12 @@ class SoftmaxDraw:
         import numpy as np
 
         weights = self._weights[: self.n_vocab]
-        np.multiply(logits, self.scale, out=weights)
-        weights -= weights.max()
+        with np.errstate(over="ignore"):
+            np.multiply(logits, self.scale, out=weights)
+        top = weights.max()
+        if not np.isfinite(top):  # a temperature so near 0 that the scaled logits overflow: that is greedy
+            return int(np.argmax(logits))
+        weights -= top
         np.exp(weights, out=weights)  # unnormalized: the draw scales its point by the total instead
         blocks = self._weights.reshape(-1, DRAW_BLOCK)
         ends = np.cumsum(blocks.sum(axis=1, dtype=np.float64))

@@ -60,3 +60,10 @@ def test_it_never_draws_a_token_whose_probability_is_zero():
     logits[[3, VOCAB - 1]] = [0.0, 0.0]
     draw = SoftmaxDraw(1.0, seed=5, n_vocab=VOCAB)
     assert {draw(logits) for _ in range(500)} == {3, VOCAB - 1}
+
+
+def test_a_temperature_too_near_zero_to_scale_by_is_greedy():
+    logits = peaked_logits()
+    logits[0] = 1.0  # a positive logit before the best one: overflowing to infinity, it would look as good
+    draw = SoftmaxDraw(1e-40, seed=2, n_vocab=VOCAB)
+    assert {draw(logits) for _ in range(20)} == {int(np.argmax(logits))}
