@@ -6,7 +6,8 @@ slots, so it gets `-c slots x n_ctx`, and Hearth gets HEARTH_MAX_CTX = n_ctx per
 HEARTH_KV_TOKENS = slots x n_ctx shared by them. Each server runs alone (the other one stopped), one after the other.
 
 (a) N concurrent streams (`--streams`, default 1,2,4,8,16): raw `/v1/completions`, greedy (`--temperature` T:
-    sampled at T, stream i with seed i, every other setting each server's default), `max_tokens` `--tokens` (128),
+    sampled at T from the whole distribution, stream i with seed i: top-k 0, top-p 1, min-p 0 sent to both, since
+    llama-server's defaults would cut it to top-k 40, top-p 0.95, min-p 0.05), `max_tokens` `--tokens` (128),
     a distinct short prompt per stream, all sent at once. Aggregate tok/s = completion tokens
     of all streams (usage where the server gives it, else streamed chunks) / wall time from the first request
     sent to the last stream ended; time to first token (TTFT) median and worst over the streams.
@@ -203,7 +204,7 @@ class StreamsResult:
 
 
 def completion_body(prompt: str, max_tokens: int, temperature: float = 0.0, seed: int = 0) -> dict:
-    sampled = {"seed": seed} if temperature > 0 else {}
+    sampled = {"seed": seed, "top_k": 0, "top_p": 1.0, "min_p": 0.0} if temperature > 0 else {}
     return {"model": "demo", "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature, **sampled,
             "stream": True, "stream_options": {"include_usage": True}}
 
