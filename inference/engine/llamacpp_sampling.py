@@ -182,8 +182,9 @@ def build_sampler(vocab: int, n_vocab: int, n_ctx: int, request: GenerationReque
             llama_cpp.llama_sampler_chain_add(chain, penalties)
         for link in _filters_and_draw(params):
             llama_cpp.llama_sampler_chain_add(chain, link)
-        sampler.greedy = params.greedy and not bias and not penalties
-        if _draws_plainly(params) and not bias and not penalties and not sampler.grammar:
+        unbiased = not bias and not penalties  # the filters and the draw are the whole chain
+        sampler.greedy = params.greedy and unbiased
+        if unbiased and not sampler.grammar and _draws_plainly(params):
             sampler.draw = SoftmaxDraw(params.temperature, _seed(params), n_vocab)
         if penalties:
             window = penalty_window(params.repeat_last_n, n_ctx)
